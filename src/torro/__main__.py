@@ -1,0 +1,4 @@
+from torro.cli import main
+
+
+main()
