@@ -1,0 +1,479 @@
+"""Daemon settings, read from the environment and a ``.env`` file.
+
+Each setting has one environment variable, listed in the order of the
+operator documentation. :func:`load_settings` reads those variables from
+the environment and from a ``.env`` file in the working directory (the
+environment wins), checks every value, and returns a frozen
+:class:`Settings`. A bad value raises :class:`~torro.errors.ConfigError`
+with one line naming the variable, the value given and what is allowed.
+
+Variables this module does not know, such as those that later features
+add, are ignored wherever they come from. Values in ``.env`` are taken
+literally: ``${NAME}`` is not expanded.
+
+Relative paths are kept as given; they are relative to the working
+directory of the process that uses them.
+"""
+
+import io
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dotenv.parser import parse_stream
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from torro.errors import ConfigError
+
+
+# How far a peer's clock may differ from ours, in milliseconds. This is a
+# fixed allowance, not a setting.
+CLOCK_SKEW_ALLOWANCE_MS = 300_000
+
+MASTER_KEY_VARIABLE = "KEY_DAEMON_MASTER_KEY"
+MASTER_KEY_FILE_VARIABLE = "KEY_DAEMON_MASTER_KEY_FILE"
+
+ALGORITHMS = ("sha256", "sha384", "sha512")
+LOG_LEVELS = ("debug", "info", "warn", "error")
+
+_TRUE_WORDS = frozenset({"true", "1", "yes"})
+_FALSE_WORDS = frozenset({"false", "0", "no"})
+_LOG_LEVEL_ALIASES = {"warning": "warn"}
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+
+# Lowest and highest allowed value (None: no upper bound) and the advice
+# given when a whole-number setting is malformed or out of range.
+_WHOLE_NUMBER_RULES: dict[str, tuple[int, int | None, str]] = {
+    "sleep_interval_ms": (
+        1,
+        None,
+        "use a whole number of milliseconds greater than 0",
+    ),
+    "rotation_interval_ms": (
+        1,
+        None,
+        "use a whole number of milliseconds greater than 0",
+    ),
+    "key_length": (16, 1024, "use a whole number of bytes from 16 to 1024"),
+    "derivation_rounds": (
+        1000,
+        None,
+        "use a whole number of rounds, 1000 or more",
+    ),
+    "max_history": (1, None, "use a whole number of keys, 1 or more"),
+}
+
+_PATH_KINDS = {
+    "storage_path": "a directory",
+    "history_path": "a directory",
+    "log_dir": "a directory",
+    "pid_file": "a file",
+    "master_key_file": "a file",
+}
+
+# Longest part of a bad value repeated in an error message.
+_SHOWN_VALUE_LIMIT = 64
+
+
+class _SettingsConflict(ValueError):
+    """Two valid settings that cannot be used together.
+
+    The message is the whole line shown to the operator.
+    """
+
+
+class Settings(BaseSettings):
+    """The effective configuration of one daemon or command.
+
+    Build it with :func:`load_settings`. Constructing it directly takes
+    field names or environment variable names, reads nothing from the
+    environment, and raises pydantic's ``ValidationError`` on bad values.
+    """
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    sleep_interval_ms: int = Field(
+        300_000,
+        validation_alias="KEY_DAEMON_SLEEP_INTERVAL",
+    )
+    rotation_interval_ms: int = Field(
+        3_600_000,
+        validation_alias="KEY_DAEMON_ROTATION_INTERVAL",
+    )
+    storage_path: Path = Field(
+        Path("keys"),
+        validation_alias="KEY_STORAGE_PATH",
+    )
+    # None: the history lives in <storage_path>/history.
+    history_path: Path | None = Field(
+        None,
+        validation_alias="KEY_HISTORY_PATH",
+    )
+    key_length: int = Field(32, validation_alias="KEY_DAEMON_KEY_LENGTH")
+    algorithm: str = Field("sha256", validation_alias="KEY_DAEMON_ALGORITHM")
+    derivation_rounds: int = Field(
+        10_000,
+        validation_alias="KEY_DAEMON_DERIVATION_ROUNDS",
+    )
+    max_history: int = Field(100, validation_alias="KEY_DAEMON_MAX_HISTORY")
+    validation_enabled: bool = Field(
+        True,
+        validation_alias="KEY_DAEMON_VALIDATION_ENABLED",
+    )
+    integrity_check: bool = Field(
+        True,
+        validation_alias="KEY_DAEMON_INTEGRITY_CHECK",
+    )
+    log_level: str = Field("info", validation_alias="KEY_DAEMON_LOG_LEVEL")
+    log_dir: Path = Field(Path("logs"), validation_alias="KEY_DAEMON_LOG_DIR")
+    pid_file: Path = Field(
+        Path("torro-daemon.pid"),
+        validation_alias="KEY_DAEMON_PID_FILE",
+    )
+    # Seal key material at rest under the master key.
+    encryption: bool = Field(True, validation_alias="KEY_DAEMON_ENCRYPTION")
+    # Hex or base64 text; sealing.py checks what it holds.
+    master_key: SecretStr | None = Field(
+        None,
+        validation_alias=MASTER_KEY_VARIABLE,
+    )
+    master_key_file: Path | None = Field(
+        None,
+        validation_alias=MASTER_KEY_FILE_VARIABLE,
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Take values only from the constructor.
+
+        :func:`load_settings` gathers the environment and ``.env`` itself,
+        so that it can be given another environment and can report an
+        unreadable ``.env`` file.
+        """
+        return (init_settings,)
+
+    @field_validator(*_WHOLE_NUMBER_RULES, mode="before")
+    @classmethod
+    def _check_whole_number(cls, value: Any, info: ValidationInfo) -> int:
+        """Parse a whole number and check it against its bounds."""
+        low, high, advice = _WHOLE_NUMBER_RULES[info.field_name]
+        number = _parse_whole_number(value)
+        if number is None:
+            raise ValueError(f"is not a whole number: {advice}")
+        if number < low or (high is not None and number > high):
+            raise ValueError(f"is out of range: {advice}")
+        return number
+
+    @field_validator(
+        "validation_enabled",
+        "integrity_check",
+        "encryption",
+        mode="before",
+    )
+    @classmethod
+    def _check_boolean(cls, value: Any) -> bool:
+        """Accept only true/false, 1/0 and yes/no, in any case."""
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            word = value.strip().lower()
+            if word in _TRUE_WORDS:
+                return True
+            if word in _FALSE_WORDS:
+                return False
+        raise ValueError("is not a boolean: use true, false, yes, no, 1 or 0")
+
+    @field_validator("algorithm", mode="before")
+    @classmethod
+    def _check_algorithm(cls, value: Any) -> str:
+        """Accept a supported hash name in any case; store it lower-case."""
+        if isinstance(value, str) and value.strip().lower() in ALGORITHMS:
+            return value.strip().lower()
+        raise ValueError(
+            "is not a supported algorithm: use sha256, sha384 or sha512"
+        )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _check_log_level(cls, value: Any) -> str:
+        """Accept a log level in any case; store its canonical name."""
+        if isinstance(value, str):
+            level = value.strip().lower()
+            level = _LOG_LEVEL_ALIASES.get(level, level)
+            if level in LOG_LEVELS:
+                return level
+        raise ValueError("is not a log level: use debug, info, warn or error")
+
+    @field_validator(*_PATH_KINDS, mode="before")
+    @classmethod
+    def _check_path(cls, value: Any, info: ValidationInfo) -> Path | None:
+        """Accept a path; a blank optional path means unset."""
+        kind = _PATH_KINDS[info.field_name]
+        if value is None or isinstance(value, Path):
+            text = None if value is None else str(value)
+        elif isinstance(value, str):
+            text = value
+        else:
+            raise ValueError(f"is not a path: use the path of {kind}")
+        if text is None or not text.strip():
+            if cls.model_fields[info.field_name].default is None:
+                return None
+            raise ValueError(f"is empty: use the path of {kind}")
+        if "\0" in text:
+            raise ValueError(
+                f"contains a NUL character: use the path of {kind}"
+            )
+        return Path(text)
+
+    @field_validator("master_key", mode="before")
+    @classmethod
+    def _check_master_key(cls, value: Any) -> SecretStr | None:
+        """Wrap the master key text; blank means unset."""
+        if value is None:
+            return None
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if not isinstance(value, str):
+            raise ValueError("is not text: use the hex or base64 master key")
+        value = value.strip()
+        return SecretStr(value) if value else None
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "Settings":
+        """Refuse settings that are valid alone but not together."""
+        if self.sleep_interval_ms > self.rotation_interval_ms:
+            raise _SettingsConflict(
+                f"KEY_DAEMON_SLEEP_INTERVAL={self.sleep_interval_ms} is "
+                f"longer than KEY_DAEMON_ROTATION_INTERVAL="
+                f"{self.rotation_interval_ms}: use a sleep interval no "
+                f"longer than the rotation interval"
+            )
+        if self.master_key is not None and self.master_key_file is not None:
+            raise _SettingsConflict(
+                f"{MASTER_KEY_VARIABLE} and {MASTER_KEY_FILE_VARIABLE}="
+                f"{_show_value(str(self.master_key_file))} are both set: "
+                f"set only one of them"
+            )
+        return self
+
+    @property
+    def history_dir(self) -> Path:
+        """Return the directory of key history, resolving the default."""
+        if self.history_path is not None:
+            return self.history_path
+        return self.storage_path / "history"
+
+    def describe(self) -> dict[str, str]:
+        """Return the effective configuration, keyed by variable name.
+
+        Values are strings as an operator would write them. The master key
+        is shown only as set or not set, and ``KEY_HISTORY_PATH`` as the
+        directory actually used.
+        """
+        described = {}
+        for name, field in type(self).model_fields.items():
+            value = self._effective(name)
+            if name == "master_key":
+                text = "(not set)" if value is None else "(set, redacted)"
+            elif value is None:
+                text = "(not set)"
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = str(value)
+            described[str(field.validation_alias)] = text
+        return described
+
+    def reload_differences(self, other: "Settings") -> list[str]:
+        """Return the names of the variables whose values differ.
+
+        Meant for logging what a reload changed: the result holds names
+        only, never values, so it is safe to log whatever changed.
+
+        :param other: the settings to compare with, usually newly loaded.
+        """
+        return [
+            str(field.validation_alias)
+            for name, field in type(self).model_fields.items()
+            if self._effective(name) != other._effective(name)
+        ]
+
+    def _effective(self, name: str) -> object:
+        """Return a field's value as used, with the secret unwrapped."""
+        if name == "history_path":
+            return self.history_dir
+        value = getattr(self, name)
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        return value
+
+
+def variable_names() -> list[str]:
+    """Return the environment variables read, in documentation order."""
+    return [
+        str(field.validation_alias)
+        for field in Settings.model_fields.values()
+    ]
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    env_file: Path | None = Path(".env"),
+) -> Settings:
+    """Read and check the settings.
+
+    :param environ: the environment to read; None means ``os.environ``.
+    :param env_file: a ``.env`` file, relative to the working directory at
+        call time; it may be missing. None means read no file. Its values
+        apply where the environment does not set the variable.
+    :raises ConfigError: a value is invalid (the first in documentation
+        order is reported), or the ``.env`` file cannot be read or parsed.
+    """
+    if environ is None:
+        environ = os.environ
+    names = variable_names()
+    values: dict[str, str] = {}
+    if env_file is not None:
+        from_file = _read_env_file(env_file)
+        values.update((k, v) for k, v in from_file.items() if k in names)
+    values.update((k, environ[k]) for k in names if k in environ)
+
+    # The message is built outside the handler so that the ConfigError
+    # carries no pydantic context, which would repeat the raw values.
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        message = _first_problem(exc, values)
+    raise ConfigError(message)
+
+
+def _parse_whole_number(value: Any) -> int | None:
+    """Return ``value`` as an int, or None if it is not a whole number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if not _WHOLE_NUMBER.fullmatch(text):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        # More digits than Python converts: far beyond any bound.
+        return None
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    """Return the variables a ``.env`` file sets; {} if it is missing.
+
+    :raises ConfigError: the file cannot be read or a line is malformed.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"cannot read {path}: it is not UTF-8 text"
+        ) from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"cannot read {path}: {reason}") from None
+
+    found = {}
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            # The line is not repeated: it may hold the master key.
+            raise ConfigError(
+                f"cannot parse {path}: line {binding.original.line} is not "
+                f"NAME=value; fix or remove that line"
+            )
+        if binding.key is not None and binding.value is not None:
+            found[binding.key] = binding.value
+    return found
+
+
+def _first_problem(error: ValidationError, values: Mapping[str, str]) -> str:
+    """Return one line describing the first invalid setting.
+
+    :param error: what pydantic found wrong.
+    :param values: the raw values given, keyed by variable name.
+    """
+    fields = Settings.model_fields
+    order = {}
+    for position, (name, field) in enumerate(fields.items()):
+        order[name] = position
+        order[str(field.validation_alias)] = position
+    problem = min(
+        error.errors(),
+        key=lambda p: order.get(p["loc"][0], len(order))
+        if p["loc"]
+        else len(order),
+    )
+
+    cause = problem.get("ctx", {}).get("error")
+    if isinstance(cause, _SettingsConflict):
+        return str(cause)
+    reason = str(cause) if isinstance(cause, ValueError) else "is not valid"
+    if not problem["loc"]:
+        return f"the settings are not valid: {reason}"
+
+    location = problem["loc"][0]
+    variable = next(
+        (
+            str(field.validation_alias)
+            for name, field in fields.items()
+            if location in (name, field.validation_alias)
+        ),
+        str(location),
+    )
+    if variable == MASTER_KEY_VARIABLE:
+        return f"{variable} {reason}"
+    given = values.get(variable, problem.get("input"))
+    return f"{variable}={_show_value(given)} {reason}"
+
+
+def _show_value(value: object) -> str:
+    """Return a bad value as it can appear on one line of a message.
+
+    Plain text is shown as is; empty text, or text with blanks or
+    unprintable characters, is quoted with escapes. Long text is cut
+    short.
+    """
+    if not isinstance(value, str):
+        return repr(value)
+    suffix = ""
+    if len(value) > _SHOWN_VALUE_LIMIT:
+        value = value[:_SHOWN_VALUE_LIMIT]
+        suffix = "..."
+    plain = value.isprintable() and not any(c.isspace() for c in value)
+    if value and plain:
+        return value + suffix
+    return repr(value) + suffix

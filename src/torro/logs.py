@@ -1,0 +1,406 @@
+"""The daemon's three log files, one per audience.
+
+========================  ===================  ==============================
+logger                    file                 events
+========================  ===================  ==============================
+:data:`ROTATION`          ``key-daemon.log``   rotations and the schedule
+:data:`SECURITY`          ``security.log``     validation and integrity
+                                               failures, key reveals,
+                                               imports, resets
+:data:`SYSTEM`            ``system.log``       start, stop, configuration,
+                                               errors
+========================  ===================  ==============================
+
+Other modules log through ``logging.getLogger(logs.SECURITY)`` and the
+like. Each event is one line::
+
+    2026-12-03T12:58:21.123Z WARN message
+
+with a UTC timestamp, one of the levels DEBUG, INFO, WARN and ERROR, and
+the message with line breaks escaped. An attached exception adds its type
+and message; its traceback is added only when the level is debug.
+
+The log directory is created 0700 and the files 0600, whatever the umask.
+Files are followed across an external logrotate. A failure to write a log
+line never reaches the code that logged it.
+
+Secrets registered with :func:`register_secret` are replaced by
+``[redacted]`` wherever they appear in a line. This is a last guard: code
+must still never log key material.
+"""
+
+import logging
+import logging.handlers
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TextIO
+
+from torro.errors import ConfigError
+
+
+ROTATION = "torro.rotation"
+SECURITY = "torro.security"
+SYSTEM = "torro.system"
+
+CHANNEL_FILES = {
+    ROTATION: "key-daemon.log",
+    SECURITY: "security.log",
+    SYSTEM: "system.log",
+}
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+REDACTED = "[redacted]"
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+# Characters that would end or hide a line, shown escaped instead. Tab
+# stays as is.
+_ESCAPES = {
+    code: f"\\x{code:02x}"
+    for code in [*range(0x20), 0x7F, 0x85]
+    if code != 0x09
+}
+_ESCAPES.update(
+    {
+        0x0A: "\\n",
+        0x0D: "\\r",
+        0x2028: "\\u2028",
+        0x2029: "\\u2029",
+    }
+)
+
+_lock = threading.Lock()
+# Longest first, so that a secret containing another is hidden whole.
+_secrets: tuple[str, ...] = ()
+# The handlers configure_logging installed, by logger name.
+_installed: dict[str, list[logging.Handler]] = {}
+
+
+def register_secret(text: str) -> None:
+    """Redact ``text`` from every log line from now on.
+
+    Empty text is ignored. Registering the same text twice is harmless.
+    """
+    global _secrets
+    if not text:
+        return
+    with _lock:
+        known = set(_secrets)
+        known.add(text)
+        _secrets = tuple(sorted(known, key=len, reverse=True))
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with every registered secret replaced."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def one_line(text: str) -> str:
+    """Return ``text`` with line breaks and control characters escaped."""
+    return text.translate(_ESCAPES)
+
+
+class RedactingFilter(logging.Filter):
+    """Replace known secrets in a record's message.
+
+    The message is formatted with its arguments, redacted and stored back
+    on the record, so every later handler sees the redacted text.
+
+    :param secrets: the secrets to hide; None means those registered with
+        :func:`register_secret`, including ones registered later.
+    """
+
+    def __init__(self, secrets: set[str] | None = None) -> None:
+        super().__init__()
+        self._secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact the record's message in place; never drop the record."""
+        try:
+            message = record.getMessage()
+        except Exception:
+            # a bad format string: the handler reports it when emitting
+            return True
+        if self._secrets is None:
+            cleaned = redact(message)
+        else:
+            cleaned = message
+            for secret in sorted(self._secrets, key=len, reverse=True):
+                if secret:
+                    cleaned = cleaned.replace(secret, REDACTED)
+        if cleaned != message or record.args:
+            record.msg = cleaned
+            record.args = None
+        return True
+
+
+class LineFormatter(logging.Formatter):
+    """Format a record as one line: UTC time, level, message.
+
+    :param tracebacks: add the traceback of an attached exception (as the
+        debug level does); otherwise only its type and message.
+    """
+
+    def __init__(self, tracebacks: bool = False) -> None:
+        super().__init__()
+        self.tracebacks = tracebacks
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return the line for ``record``, without a line break."""
+        moment = time.gmtime(record.created)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", moment)
+        millis = min(int(record.msecs), 999)
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            text += f": {type(error).__name__}"
+            if str(error):
+                text += f": {error}"
+            if self.tracebacks:
+                text += " | " + self.formatException(record.exc_info)
+        if record.stack_info and self.tracebacks:
+            text += " | " + self.formatStack(record.stack_info)
+        line = f"{stamp}.{millis:03d}Z {_level_name(record.levelno)} {text}"
+        return one_line(redact(line))
+
+
+class _QuietHandlerMixin:
+    """Report a failing handler once on stderr instead of raising.
+
+    One line is written when the handler starts failing; nothing more
+    until an event is written again.
+    """
+
+    _failed = False
+    _reported = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write ``record``; on failure call :meth:`handleError`."""
+        self._failed = False
+        try:
+            super().emit(record)  # type: ignore[misc]
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+        if not self._failed:
+            self._reported = False
+
+    def handleError(self, record: logging.LogRecord | None) -> None:
+        """Note the failure and say so on stderr, at most once."""
+        self._failed = True
+        if self._reported:
+            return
+        self._reported = True
+        error = sys.exc_info()[1]
+        try:
+            sys.stderr.write(
+                f"torro: cannot write log {self._target()}: "
+                f"{type(error).__name__}: {error}\n"
+            )
+            sys.stderr.flush()
+        except Exception:
+            pass
+
+    def _target(self) -> str:
+        """Return what this handler writes to, for the stderr line."""
+        return "stream"
+
+
+class _LogFileHandler(
+    _QuietHandlerMixin,
+    logging.handlers.WatchedFileHandler,
+):
+    """A watched log file, created 0600 whenever it is (re)opened."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, encoding="utf-8", errors="backslashreplace")
+
+    def _open(self) -> TextIO:
+        """Open the log file for appending, creating it 0600."""
+        fd = _open_log_file(self.baseFilename)
+        return os.fdopen(
+            fd,
+            "a",
+            encoding=self.encoding,
+            errors=self.errors,
+        )
+
+    def reopen(self) -> None:
+        """Close the file and open the one now at its path."""
+        self.acquire()
+        try:
+            if self.stream is not None:
+                stream, self.stream = self.stream, None
+                try:
+                    stream.flush()
+                finally:
+                    stream.close()
+            self.stream = self._open()
+            self._statstream()
+        except Exception:
+            self.handleError(None)
+        finally:
+            self.release()
+
+    def _target(self) -> str:
+        """Return the path of the log file."""
+        return self.baseFilename
+
+
+class _EchoHandler(_QuietHandlerMixin, logging.StreamHandler):
+    """Copies every event to stderr, for a daemon in the foreground."""
+
+    def _target(self) -> str:
+        """Return the name of the stream."""
+        return "stderr"
+
+
+def configure_logging(log_dir: Path, level: str, echo: bool = False) -> None:
+    """Send the three channels to their files under ``log_dir``.
+
+    Calling it again replaces the handlers installed before, so a reload
+    can change the directory or level without duplicating lines.
+
+    :param log_dir: created 0700 (with its parents) if missing; the mode
+        of an existing directory is left alone.
+    :param level: debug, info, warn (or warning) or error.
+    :param echo: also write every event to stderr, as the foreground
+        daemon does.
+    :raises ConfigError: the directory or a file cannot be created.
+    :raises ValueError: ``level`` is not a level name.
+    """
+    level_number = _level_number(level)
+    formatter = LineFormatter(tracebacks=level_number <= logging.DEBUG)
+    _ensure_log_dir(log_dir)
+
+    # open every new file before touching the installed handlers, so a
+    # failure leaves the previous configuration working
+    new: dict[str, list[logging.Handler]] = {}
+    echo_handler = _EchoHandler(sys.stderr) if echo else None
+    try:
+        for name, file_name in CHANNEL_FILES.items():
+            new[name] = [_LogFileHandler(log_dir / file_name)]
+            if echo_handler is not None:
+                new[name].append(echo_handler)
+    except OSError as exc:
+        for handlers in new.values():
+            handlers[0].close()
+        raise ConfigError(
+            f"cannot open log file in {log_dir}: "
+            f"{exc.strerror or exc}: check KEY_DAEMON_LOG_DIR"
+        ) from None
+
+    for name, handlers in new.items():
+        logger = logging.getLogger(name)
+        for old in _installed.get(name, []):
+            logger.removeHandler(old)
+            old.close()
+        for handler in handlers:
+            handler.setFormatter(formatter)
+            handler.addFilter(RedactingFilter())
+            logger.addHandler(handler)
+        logger.setLevel(level_number)
+        logger.propagate = False
+    _installed.clear()
+    _installed.update(new)
+
+
+def set_level(level: str) -> None:
+    """Change the level of the three channels.
+
+    :param level: debug, info, warn (or warning) or error.
+    :raises ValueError: ``level`` is not a level name.
+    """
+    level_number = _level_number(level)
+    for name in CHANNEL_FILES:
+        logging.getLogger(name).setLevel(level_number)
+        for handler in _installed.get(name, []):
+            if isinstance(handler.formatter, LineFormatter):
+                handler.formatter.tracebacks = level_number <= logging.DEBUG
+
+
+def reopen_logs() -> None:
+    """Close and reopen the log files, as after a logrotate (SIGHUP)."""
+    for handlers in list(_installed.values()):
+        for handler in handlers:
+            if isinstance(handler, _LogFileHandler):
+                handler.reopen()
+
+
+def _level_number(level: str) -> int:
+    """Return the logging level for a level name in any case."""
+    try:
+        return _LEVELS[level.strip().lower()]
+    except (KeyError, AttributeError):
+        raise ValueError(
+            f"unknown log level {level!r}: use debug, info, warn or error"
+        ) from None
+
+
+def _level_name(level_number: int) -> str:
+    """Return the name printed for a level: DEBUG, INFO, WARN or ERROR."""
+    if level_number >= logging.ERROR:
+        return "ERROR"
+    if level_number >= logging.WARNING:
+        return "WARN"
+    if level_number >= logging.INFO:
+        return "INFO"
+    return "DEBUG"
+
+
+def _ensure_log_dir(log_dir: Path) -> None:
+    """Create ``log_dir`` 0700 unless it exists.
+
+    :raises ConfigError: it cannot be created or is not a directory.
+    """
+    if log_dir.is_dir():
+        return
+    try:
+        log_dir.mkdir(parents=True, mode=DIR_MODE)
+    except FileExistsError:
+        if log_dir.is_dir():
+            return
+        raise ConfigError(
+            f"log directory {log_dir} exists and is not a directory: "
+            f"check KEY_DAEMON_LOG_DIR"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create log directory {log_dir}: "
+            f"{exc.strerror or exc}: check KEY_DAEMON_LOG_DIR"
+        ) from None
+    # mkdir applies the umask; the mode must not depend on it.
+    os.chmod(log_dir, DIR_MODE)
+
+
+def _open_log_file(path: str) -> int:
+    """Open ``path`` for appending and return the descriptor.
+
+    A file created here is 0600 whatever the umask; the mode of an
+    existing file is left alone.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        return os.open(path, flags, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
