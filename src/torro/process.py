@@ -1,0 +1,267 @@
+"""The daemon as a process: its PID file lock, background start and stop.
+
+The running daemon holds an exclusive lock (flock) on its PID file for its
+whole life. Whether a daemon runs is decided by that lock, never by the
+number in the file alone: a PID file left by a crash is not locked, and a
+PID reused by an unrelated process is never reported as the daemon nor
+signalled.
+"""
+
+import contextlib
+import errno
+import fcntl
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from torro.errors import DaemonError
+
+
+READY_FD_VARIABLE = "TORRO_READY_FD"
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0
+
+
+class PidFile:
+    """The PID file of a running daemon, locked while the daemon lives."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self, wait: float = 1.0) -> None:
+        """Lock the PID file and write this process's PID into it.
+
+        :param wait: how long to retry while the lock is busy; a status
+            check holds it for a moment, a running daemon for good.
+        :raises DaemonError: when another daemon holds it.
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if time.monotonic() >= deadline:
+                    pid = read_daemon_pid(self.path)
+                    raise DaemonError(
+                        f"a daemon is already running (pid {pid}, PID file "
+                        f"{self.path}): stop it with torro daemon stop"
+                    ) from None
+                time.sleep(0.02)
+                continue
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Remove the PID file and drop the lock."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            if _same_file(self._fd, self.path):
+                os.unlink(self.path)
+        os.close(self._fd)
+        self._fd = None
+
+    def _open(self) -> int:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(
+                self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+        except OSError as exc:
+            raise DaemonError(
+                f"cannot open PID file {self.path}: {exc.strerror}; set "
+                "KEY_DAEMON_PID_FILE to a writable path"
+            ) from None
+        with contextlib.suppress(PermissionError):
+            os.fchmod(fd, 0o600)
+        return fd
+
+
+def read_daemon_pid(path: Path) -> int | None:
+    """Return the PID of the daemon holding ``path``'s lock, or None.
+
+    A PID file nobody holds locked is stale: its number means nothing.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise DaemonError(
+            f"cannot read PID file {path}: {exc.strerror}"
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
+            return None
+        # Locked: the daemon may still be writing its PID; give it a moment.
+        for _ in range(50):
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            if text.isdigit():
+                return int(text)
+            time.sleep(0.01)
+        return -1
+    finally:
+        os.close(fd)
+
+
+def remove_stale_pid_file(path: Path) -> bool:
+    """Remove ``path`` if no daemon holds it; tell whether it did."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        if _same_file(fd, path):
+            os.unlink(path)
+            return True
+        return False
+    finally:
+        os.close(fd)
+
+
+def start_background(
+    pid_file: Path, timeout: float = START_TIMEOUT
+) -> int:
+    """Start ``torro daemon run`` detached and wait until it is ready.
+
+    The daemon reports on a pipe once its store is loaded and its PID file
+    locked, or tells why it could not start.
+
+    :returns: the daemon's PID.
+    """
+    pid = read_daemon_pid(pid_file)
+    if pid is not None:
+        raise DaemonError(
+            f"a daemon is already running (pid {pid}): stop it with torro "
+            "daemon stop"
+        )
+    read_end, write_end = os.pipe()
+    environ = dict(os.environ, **{READY_FD_VARIABLE: str(write_end)})
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "torro", "daemon", "run"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(write_end,),
+            start_new_session=True,
+            env=environ,
+        )
+    finally:
+        os.close(write_end)
+    try:
+        message = _read_report(read_end, timeout)
+    finally:
+        os.close(read_end)
+    if message.startswith("ready"):
+        return child.pid
+    if not message:
+        code = child.poll()
+        if code is None:
+            raise DaemonError(
+                f"the daemon (pid {child.pid}) did not report ready within "
+                f"{timeout:g} s; see the system log"
+            )
+        message = f"the daemon exited with status {code}; see the system log"
+    child.wait(timeout=5)
+    raise DaemonError(message.removeprefix("error: "))
+
+
+def report_ready(message: str) -> None:
+    """Tell the process that started this daemon how the start went."""
+    value = os.environ.pop(READY_FD_VARIABLE, None)
+    if value is None or not value.isdigit():
+        return
+    fd = int(value)
+    try:
+        os.write(fd, message.encode("utf-8", "replace") + b"\n")
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _read_report(fd: int, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode("utf-8", "replace").strip()
+
+
+def stop_daemon(pid_file: Path, timeout: float = STOP_TIMEOUT) -> int | None:
+    """Ask the running daemon to stop (SIGTERM) and wait for it to exit.
+
+    :returns: the PID that was stopped, or None when no daemon ran (a
+        stale PID file is removed).
+    """
+    pid = read_daemon_pid(pid_file)
+    if pid is None:
+        remove_stale_pid_file(pid_file)
+        return None
+    if pid <= 0:
+        raise DaemonError(
+            f"the PID file {pid_file} is locked but holds no PID: find the "
+            f"daemon with fuser {pid_file}"
+        )
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        raise DaemonError(
+            f"not allowed to signal the daemon (pid {pid}): run as its user"
+        ) from None
+    deadline = time.monotonic() + timeout
+    while read_daemon_pid(pid_file) is not None:
+        if time.monotonic() >= deadline:
+            raise DaemonError(
+                f"the daemon (pid {pid}) did not stop within {timeout:g} s; "
+                f"see the system log, or stop it at once with kill -9 {pid}"
+            )
+        time.sleep(0.05)
+    remove_stale_pid_file(pid_file)
+    return pid
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if exc.errno == errno.ENOTDIR:
+            return False
+        raise
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)

@@ -1,0 +1,290 @@
+"""Decide when a key is due, rotate it, and tell subscribers.
+
+A key is due when it is older than the rotation interval, judged from the
+timestamp stored with it, never from when the process started: a restart
+neither resets nor doubles the schedule, and after a long downtime the key
+is rotated once, not once per missed interval.
+
+One rotation, under the store lock: reload the store (another process may
+have rotated meanwhile), derive the next key from the current one, validate
+it, seal it, write it (see torro.store.keystore), then tell subscribers.
+"""
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+from torro import keygen, logs
+from torro.config import Settings
+from torro.errors import KeyValidationError, TorroError
+from torro.store import KeyRecord, KeyStore
+
+
+log = logging.getLogger(logs.ROTATION)
+security_log = logging.getLogger(logs.SECURITY)
+system_log = logging.getLogger(logs.SYSTEM)
+
+Subscriber = Callable[[KeyRecord], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class RotationPolicy:
+    """How keys are made and how long they stay current.
+
+    :param rotation_interval_ms: how long a key stays current.
+    :param key_length: bytes per key.
+    :param algorithm: hash for the derivation (sha256, sha384, sha512).
+    :param derivation_rounds: PBKDF2 rounds.
+    :param validation_enabled: check each new key before storing it.
+    """
+
+    rotation_interval_ms: int
+    key_length: int = 32
+    algorithm: str = "sha256"
+    derivation_rounds: int = 10000
+    validation_enabled: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "RotationPolicy":
+        return cls(
+            rotation_interval_ms=settings.rotation_interval_ms,
+            key_length=settings.key_length,
+            algorithm=settings.algorithm,
+            derivation_rounds=settings.derivation_rounds,
+            validation_enabled=settings.validation_enabled,
+        )
+
+
+@dataclasses.dataclass
+class RotationTimings:
+    """Seconds spent in each step of one rotation."""
+
+    kdf: float = 0.0
+    validation: float = 0.0
+    sealing: float = 0.0
+    storage: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Rotation:
+    """The outcome of one rotation."""
+
+    record: KeyRecord
+    removed: list[int]
+    timings: RotationTimings
+    duration: float
+
+
+@dataclasses.dataclass
+class RotationStats:
+    """Counters of one process's rotations, for status and metrics."""
+
+    rotations: int = 0
+    failed_rotations: int = 0
+    last_duration: float | None = None
+    last_error: str | None = None
+
+
+class KeyRotationDaemon:
+    """Rotate the keys of one key store on schedule.
+
+    :param store: the key store it rotates.
+    :param policy: how keys are made and when they are due.
+    :param random: where fresh salt and entropy come from.
+    :param clock: returns the time in ms since the epoch; the store's
+        clock by default.
+    """
+
+    def __init__(
+        self,
+        store: KeyStore,
+        policy: RotationPolicy,
+        *,
+        random: keygen.RandomSource = keygen.SYSTEM_RANDOM,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.random = random
+        self.clock = clock or store.clock
+        self.stats = RotationStats()
+        self._subscribers: list[Subscriber] = []
+        self._reported: str | None = None
+        self._known_current: int | None = None
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call ``callback`` with the record of each new current key.
+
+        :returns: a function that removes the subscription.
+        """
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    def next_rotation(self) -> int | None:
+        """Return when the current key falls due, in ms since the epoch."""
+        current = self.store.current
+        if current is None:
+            return None
+        return current.timestamp + self.policy.rotation_interval_ms
+
+    def is_due(self, now: int | None = None) -> bool:
+        due = self.next_rotation()
+        if due is None:
+            return True
+        now = self.clock() if now is None else now
+        return now >= due
+
+    def rotate(
+        self, *, force: bool = False, now: int | None = None
+    ) -> Rotation | None:
+        """Rotate the key now, or only if it is due unless ``force``.
+
+        :returns: the rotation, or None when the key was not due (another
+            process may have rotated it while this one waited for the
+            lock).
+        :raises TorroError: when the store is damaged or the new key
+            failed validation; nothing was stored.
+        """
+        started = time.perf_counter()
+        with self.store.locked():
+            if self.store.problem is not None:
+                raise self.store.problem
+            now = self.clock() if now is None else now
+            if not force:
+                if self.store.clock_problem(now) or not self.is_due(now):
+                    self._notice_change()
+                    return None
+            rotation = self._rotate_locked(now)
+        duration = time.perf_counter() - started
+        rotation = dataclasses.replace(rotation, duration=duration)
+        self.stats.rotations += 1
+        self.stats.last_duration = duration
+        record = rotation.record
+        log.info(
+            "rotated to key %d (fingerprint %s, derived from %s) in %.0f ms",
+            record.index,
+            record.fingerprint,
+            "nothing" if record.derived_from is None
+            else f"key {record.derived_from}",
+            duration * 1000,
+        )
+        self._notify(record)
+        return rotation
+
+    def tick(self, now: int | None = None) -> Rotation | None:
+        """Run one pass of the schedule: rotate if due, log any failure.
+
+        An error in one pass is logged and counted, and the next pass
+        runs as usual.
+        """
+        try:
+            self.store.refresh()
+            self._notice_change()
+            if self.store.problem is not None:
+                self._report_once(
+                    f"rotation stopped: {self.store.problem}",
+                    security=True,
+                )
+                return None
+            clock_problem = self.store.clock_problem(now)
+            if clock_problem:
+                self._report_once(clock_problem, security=True)
+                return None
+            self._reported = None
+            if not self.is_due(now):
+                return None
+            return self.rotate(now=now)
+        except KeyValidationError as exc:
+            self._count_failure(exc)
+            security_log.warning(
+                "new key rejected, nothing stored, next cycle retries: %s",
+                exc,
+            )
+        except TorroError as exc:
+            self._count_failure(exc)
+            system_log.error("rotation failed, next cycle retries: %s", exc)
+        except Exception as exc:
+            self._count_failure(exc)
+            system_log.error(
+                "rotation failed unexpectedly, next cycle retries",
+                exc_info=exc,
+            )
+        return None
+
+    def _rotate_locked(self, now: int) -> Rotation:
+        store = self.store
+        policy = self.policy
+        timings = RotationTimings()
+        previous = store.current
+
+        clock = time.perf_counter()
+        if previous is None:
+            material = keygen.generate_first_key(
+                policy.key_length, self.random
+            )
+        else:
+            material = keygen.derive_next_key(
+                store.current_material(),
+                algorithm=policy.algorithm,
+                rounds=policy.derivation_rounds,
+                length=policy.key_length,
+                random=self.random,
+            )
+        timings.kdf = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        if policy.validation_enabled:
+            keygen.validate_key(
+                material.reveal_hex(),
+                policy.key_length,
+                store.seen_fingerprints,
+            )
+        timings.validation = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        timestamp = now if previous is None else max(now, previous.timestamp)
+        record = store.build_record(
+            material,
+            timestamp=timestamp,
+            algorithm=policy.algorithm,
+            derived_from=None if previous is None else previous.index,
+        )
+        timings.sealing = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        removed = store.commit(record, material)
+        timings.storage = time.perf_counter() - clock
+        return Rotation(record, removed, timings, 0.0)
+
+    def _notice_change(self) -> None:
+        current = self.store.current
+        if current is None or current.index == self._known_current:
+            return
+        if self._known_current is not None:
+            log.info("key %d became current in another process",
+                     current.index)
+            self._notify(current)
+        else:
+            self._known_current = current.index
+
+    def _notify(self, record: KeyRecord) -> None:
+        self._known_current = record.index
+        for callback in list(self._subscribers):
+            try:
+                callback(record)
+            except Exception as exc:
+                system_log.error(
+                    "rotation subscriber %r failed", callback, exc_info=exc
+                )
+
+    def _count_failure(self, exc: BaseException) -> None:
+        self.stats.failed_rotations += 1
+        self.stats.last_error = str(exc) or type(exc).__name__
+
+    def _report_once(self, message: str, *, security: bool) -> None:
+        if message == self._reported:
+            return
+        self._reported = message
+        (security_log if security else system_log).error(message)
+

@@ -1,0 +1,291 @@
+"""Seal key material under the master key and checksum the store's records.
+
+The master key is the key-encryption key of a key store. Two subkeys are
+derived from it with HKDF-SHA256 and separate labels, so that no key is used
+for two jobs:
+
+- the sealing key, for AES-256-GCM over each key's material, with the
+  record's index as associated data (a sealed key moved to another record
+  no longer opens);
+- the checksum key, for the HMAC-SHA256 that chains the records together.
+
+A third label gives the master key id, a public 8-byte identifier stored in
+every record so that a wrong master key is told apart from a damaged record.
+
+This module reads the master key and, once, creates it. It writes nothing
+else to disk.
+"""
+
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from torro import logs
+from torro.errors import MasterKeyError
+from torro.material import KeyMaterial
+
+
+MASTER_KEY_LENGTH = 32
+NONCE_LENGTH = 12
+SEALED_PREFIX = "torro:v1:"
+
+_SEALING_LABEL = b"torro sealing key v1"
+_CHECKSUM_LABEL = b"torro checksum key v1"
+_KEY_ID_LABEL = b"torro master key id v1"
+
+log = logging.getLogger(logs.SECURITY)
+
+
+class InvalidSeal(Exception):
+    """A sealed key did not open: wrong master key, index or content."""
+
+
+class MasterKey:
+    """The 32 bytes of a master key; repr and str never show them."""
+
+    __slots__ = ("_data", "key_id")
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) != MASTER_KEY_LENGTH:
+            raise ValueError(
+                f"a master key is {MASTER_KEY_LENGTH} bytes, not {len(data)}"
+            )
+        self._data = data
+        digest = hmac.new(data, _KEY_ID_LABEL, hashlib.sha256).digest()
+        self.key_id = digest[:8].hex()
+
+    def reveal(self) -> bytes:
+        return self._data
+
+    def __repr__(self) -> str:
+        return f"<MasterKey id={self.key_id}>"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> None:
+        raise TypeError("a master key cannot be pickled")
+
+
+def parse_master_key(text: str, source: str) -> MasterKey:
+    """Read a master key given as 64 hex characters or base64 of 32 bytes.
+
+    :param text: the value as given.
+    :param source: where it came from, for the error message; the value
+        itself is never part of a message.
+    """
+    text = text.strip()
+    if len(text) == 2 * MASTER_KEY_LENGTH:
+        try:
+            return MasterKey(bytes.fromhex(text))
+        except ValueError:
+            pass
+    data = _decode_base64(text)
+    if data is not None and len(data) == MASTER_KEY_LENGTH:
+        return MasterKey(data)
+    raise MasterKeyError(
+        f"{source} is not a {MASTER_KEY_LENGTH}-byte master key: give 64 hex "
+        "characters or the base64 of 32 bytes (openssl rand -hex 32)"
+    )
+
+
+def _decode_base64(text: str) -> bytes | None:
+    padded = (text + "=" * (-len(text) % 4)).encode("ascii", "replace")
+    for altchars in (b"+/", b"-_"):
+        try:
+            return base64.b64decode(padded, altchars=altchars, validate=True)
+        except ValueError:
+            continue
+    return None
+
+
+def read_master_key_file(path: Path) -> MasterKey:
+    """Read a master key file: 64 hex characters, a trailing newline allowed.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise MasterKeyError(
+            f"master key file {path} does not exist: point "
+            "KEY_DAEMON_MASTER_KEY_FILE at the file holding this store's "
+            "master key"
+        ) from None
+    except OSError as exc:
+        raise MasterKeyError(
+            f"cannot read master key file {path}: {exc.strerror}; check its "
+            "owner and mode (0400 for the daemon's user)"
+        ) from None
+    text = raw[:-1] if raw.endswith(b"\n") else raw
+    try:
+        data = bytes.fromhex(text.decode("ascii"))
+        if len(text) != 2 * MASTER_KEY_LENGTH:
+            raise ValueError
+    except (UnicodeDecodeError, ValueError):
+        raise MasterKeyError(
+            f"master key file {path} must hold exactly 64 hex characters "
+            f"(one 32-byte key), optionally followed by a newline"
+        ) from None
+    mode = path.stat().st_mode & 0o077
+    if mode:
+        log.warning(
+            "master key file %s is readable by group or others (mode %o): "
+            "chmod 0400 it",
+            path,
+            path.stat().st_mode & 0o777,
+        )
+    return MasterKey(data)
+
+
+def create_master_key_file(path: Path) -> MasterKey:
+    """Create a new master key file with mode 0400 and return its key.
+
+    The file is created exclusively: an existing file is never replaced.
+    """
+    master = MasterKey(secrets.token_bytes(MASTER_KEY_LENGTH))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o400)
+    except FileExistsError:
+        raise MasterKeyError(
+            f"master key file {path} appeared while creating it: start again"
+        ) from None
+    except OSError as exc:
+        raise MasterKeyError(
+            f"cannot create master key file {path}: {exc.strerror}; set "
+            "KEY_DAEMON_MASTER_KEY_FILE to a writable location"
+        ) from None
+    try:
+        os.fchmod(fd, 0o400)
+        os.write(fd, master.reveal().hex().encode("ascii") + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return master
+
+
+def default_master_key_path(storage_path: Path) -> Path:
+    """Return where the master key goes when none is configured.
+
+    It sits beside the key store, never inside it, so that a copy of the
+    store alone cannot open the keys.
+    """
+    storage_path = storage_path.absolute()
+    return storage_path.parent / f"{storage_path.name}.master-key"
+
+
+class Sealer:
+    """Seal and open key material, and checksum records, under a master key.
+    """
+
+    def __init__(self, master: MasterKey) -> None:
+        self.master_key_id = master.key_id
+        self._aead = AESGCM(_subkey(master, _SEALING_LABEL))
+        self._checksum_key = _subkey(master, _CHECKSUM_LABEL)
+
+    def seal(self, index: int, material: KeyMaterial) -> str:
+        """Return the sealed form of a key, bound to its index."""
+        nonce = os.urandom(NONCE_LENGTH)
+        sealed = self._aead.encrypt(
+            nonce, material.reveal(), _associated_data(index)
+        )
+        token = base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=")
+        return SEALED_PREFIX + token.decode("ascii")
+
+    def open(self, index: int, sealed: str) -> KeyMaterial:
+        """Return the key material of a sealed key stored under ``index``.
+
+        :raises InvalidSeal: when the master key, the index or the sealed
+            text is not the one the key was sealed with.
+        """
+        if not sealed.startswith(SEALED_PREFIX):
+            raise InvalidSeal("not a sealed key")
+        token = sealed[len(SEALED_PREFIX):]
+        try:
+            blob = base64.urlsafe_b64decode(
+                token + "=" * (-len(token) % 4)
+            )
+        except ValueError:
+            raise InvalidSeal("sealed key is not base64") from None
+        if len(blob) <= NONCE_LENGTH + 16:
+            raise InvalidSeal("sealed key is truncated")
+        nonce, body = blob[:NONCE_LENGTH], blob[NONCE_LENGTH:]
+        try:
+            data = self._aead.decrypt(nonce, body, _associated_data(index))
+        except InvalidTag:
+            raise InvalidSeal("sealed key does not open") from None
+        return KeyMaterial(data)
+
+    def checksum(self, payload: bytes) -> str:
+        """Return the keyed checksum (HMAC-SHA256, hex) of ``payload``."""
+        return hmac.new(
+            self._checksum_key, payload, hashlib.sha256
+        ).hexdigest()
+
+    def checksum_matches(self, payload: bytes, checksum: str) -> bool:
+        """Tell, in constant time, whether ``checksum`` belongs to payload.
+        """
+        return hmac.compare_digest(self.checksum(payload), checksum)
+
+
+def _subkey(master: MasterKey, label: bytes) -> bytes:
+    hkdf = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=None,
+        info=label,
+    )
+    return hkdf.derive(master.reveal())
+
+
+def _associated_data(index: int) -> bytes:
+    return b"torro key index %d" % index
+
+
+def resolve_master_key(
+    master_key: str | None,
+    master_key_file: Path | None,
+    storage_path: Path,
+    store_is_empty: bool,
+) -> MasterKey:
+    """Find the master key the configuration names, or create the default.
+
+    A new master key file is only ever created for an empty store: a store
+    that holds keys is never sealed again under a key made up on the spot.
+    """
+    if master_key:
+        return parse_master_key(master_key, "KEY_DAEMON_MASTER_KEY")
+    if master_key_file is not None:
+        return read_master_key_file(master_key_file)
+    path = default_master_key_path(storage_path)
+    if path.exists():
+        return read_master_key_file(path)
+    if not store_is_empty:
+        raise MasterKeyError(
+            f"no master key for the key store {storage_path}: it holds keys "
+            f"but {path} does not exist and neither KEY_DAEMON_MASTER_KEY "
+            "nor KEY_DAEMON_MASTER_KEY_FILE is set; set one of them to the "
+            "store's master key (nothing was changed)"
+        )
+    master = create_master_key_file(path)
+    logging.getLogger(logs.SYSTEM).warning(
+        "created a new master key in %s (mode 0400): it opens every key of "
+        "this store; move it to a secret store and set "
+        "KEY_DAEMON_MASTER_KEY_FILE, and keep a copy apart from the "
+        "store's backups",
+        path,
+    )
+    return master

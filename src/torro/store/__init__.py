@@ -1,0 +1,56 @@
+"""The key store: records, durable files, the store itself and import."""
+
+from collections.abc import Callable
+
+from torro.config import Settings
+from torro.sealing import Sealer, resolve_master_key
+from torro.store.keystore import (
+    KeyStore,
+    NewChainEntry,
+    now_ms,
+    store_is_empty,
+)
+from torro.store.records import KeyRecord, KeyState
+
+
+__all__ = [
+    "KeyRecord",
+    "KeyState",
+    "KeyStore",
+    "NewChainEntry",
+    "open_store",
+    "store_is_empty",
+]
+
+
+def open_store(
+    settings: Settings,
+    *,
+    clock: Callable[[], int] = now_ms,
+    create_master_key: bool = True,
+) -> KeyStore:
+    """Build the key store the settings describe, with its master key.
+
+    Nothing is read beyond what finding the master key needs; call
+    :meth:`KeyStore.load` (or write inside :meth:`KeyStore.locked`).
+
+    :param create_master_key: create the default master key file when the
+        store is empty and none is configured; read-only callers say no.
+    """
+    master = resolve_master_key(
+        settings.master_key.get_secret_value()
+        if settings.master_key is not None else None,
+        settings.master_key_file,
+        settings.storage_path,
+        create_master_key
+        and store_is_empty(settings.storage_path, settings.history_dir),
+    )
+    return KeyStore(
+        settings.storage_path,
+        Sealer(master),
+        history_dir=settings.history_dir,
+        encryption=settings.encryption,
+        max_history=settings.max_history,
+        integrity_check=settings.integrity_check,
+        clock=clock,
+    )

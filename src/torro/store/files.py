@@ -1,0 +1,242 @@
+"""Durable file operations and the store lock.
+
+Every file of the key store is replaced, never edited in place: the new
+content goes to a temporary file in the same directory, is flushed with
+fsync, then renamed over the old name, and the directory is flushed so the
+rename itself survives a power loss. Temporary files are named
+``.<name>.<random>.tmp`` so that a writer can find and remove the ones a
+crash left behind.
+
+Files are created 0600 and directories 0700 whatever the process umask.
+"""
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from torro.errors import LockTimeout, StoreError
+
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+TEMP_SUFFIX = ".tmp"
+
+
+def ensure_directory(path: Path) -> bool:
+    """Create ``path`` (and parents) with mode 0700 unless it exists.
+
+    :returns: True when the directory was created.
+    """
+    if path.is_dir():
+        return False
+    try:
+        path.mkdir(parents=True, mode=DIR_MODE)
+    except FileExistsError:
+        if path.is_dir():
+            return False
+        raise StoreError(f"{path} exists and is not a directory") from None
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    # mkdir applies the umask; the mode must not depend on it.
+    os.chmod(path, DIR_MODE)
+    return True
+
+
+def write_file(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Replace ``path`` atomically with ``data``.
+
+    With ``durable`` the content is flushed before the rename, and the
+    caller flushes the directory (see :func:`sync_directory`), once for
+    several files when it can. Without it, the old file is removed before
+    the rename, because renaming over a file makes ext4 flush the new data
+    anyway; the file is then briefly missing, and a power loss may leave it
+    missing or empty. Only copies that can be written again from durable
+    files (the backup) are written that way.
+    """
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        fd = os.open(temp, flags, FILE_MODE)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    try:
+        try:
+            os.fchmod(fd, FILE_MODE)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not durable:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        os.replace(temp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise _write_error(path, exc) from None
+
+
+def sync_directory(path: Path) -> None:
+    """Flush a directory so the renames and unlinks in it are durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    finally:
+        os.close(fd)
+
+
+def read_file(path: Path) -> bytes | None:
+    """Return the content of ``path``, or None when it does not exist."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise StoreError(f"{path} is a directory, expected a file") from None
+    except OSError as exc:
+        raise StoreError(
+            f"cannot read {path}: {exc.strerror}; check its owner and mode"
+        ) from None
+
+
+def destroy_file(path: Path) -> bool:
+    """Overwrite a file with zeros, flush it, then remove it.
+
+    Overwriting is best effort: journaling filesystems and SSDs may keep
+    copies of the old blocks (see docs/limitations.md).
+
+    :returns: False when the file did not exist.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    try:
+        size = os.fstat(fd).st_size
+        os.pwrite(fd, bytes(size), 0)
+        os.fdatasync(fd)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    finally:
+        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return True
+
+
+def remove_temp_files(directory: Path) -> list[Path]:
+    """Remove the temporary files a crashed writer left in ``directory``."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+            path = directory / name
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                removed.append(path)
+    return removed
+
+
+def _write_error(path: Path, exc: OSError) -> StoreError:
+    advice = {
+        errno.ENOSPC: "free space on that filesystem; nothing was changed",
+        errno.EDQUOT: "raise the quota; nothing was changed",
+        errno.EFBIG: "the file size limit is too low; nothing was changed",
+        errno.EACCES: "check the owner and mode of the key store",
+        errno.EROFS: "the filesystem is read-only",
+    }.get(exc.errno, "nothing was changed")
+    return StoreError(f"cannot write {path}: {exc.strerror}; {advice}")
+
+
+class FileLock:
+    """An exclusive advisory lock (flock) on a file, held by one process.
+
+    The lock file is checked after locking to still be the file at its
+    path, so a lock taken on a file that was moved or replaced meanwhile
+    (by a reset, say) is dropped and taken again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, timeout: float) -> None:
+        """Take the lock, waiting at most ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(
+                        f"{self.path} is locked by another process for over "
+                        f"{timeout:g} s: wait for it to finish, or find it "
+                        f"with fuser {self.path}"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+                continue
+            if self._is_current(fd):
+                self._fd = fd
+                return
+            os.close(fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    @contextlib.contextmanager
+    def hold(self, timeout: float) -> Iterator[None]:
+        self.acquire(timeout)
+        try:
+            yield
+        finally:
+            self.release()
+
+    def _open(self) -> int:
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags, FILE_MODE)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot open lock file {self.path}: {exc.strerror}"
+            ) from None
+        # Another user's lock file keeps its mode; only ours are fixed.
+        with contextlib.suppress(PermissionError):
+            os.fchmod(fd, FILE_MODE)
+        return fd
+
+    def _is_current(self, fd: int) -> bool:
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)

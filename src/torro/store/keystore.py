@@ -1,0 +1,1072 @@
+"""The key store: one key ring on disk, in the documented layout.
+
+::
+
+    keys/
+      .lock                 held by whoever writes (flock)
+      current.json          the current key's record
+      history.json          metadata of every retained key, no key material
+      history/key-N.json    one record per retained key
+      backup/               copies of current.json and history.json
+      archive/              records kept on disk but never loaded
+
+Rules this module keeps (docs/storage.md explains them for operators):
+
+1. Indexes strictly increase and are never reused: the next index is
+   stored in history.json, and carried over by a reset.
+2. A record is durable before history.json or current.json names it.
+3. current.json names the newest complete record.
+4. Each record's checksum covers the checksum of the record before it.
+5. Only this module writes under the store, and only under the lock.
+
+A crash can leave four states behind, each repaired by the next writer
+(:meth:`KeyStore.recover`): temporary files (removed), a new record that
+history.json does not name yet (adopted when it chains to the current
+record), a current.json one rotation behind history.json (rewritten), and
+records below the retention floor (removed). Anything else is an integrity
+failure: rotation stops and ``torro keys verify`` names the first bad file.
+"""
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from torro import logs
+from torro.errors import (
+    IntegrityError,
+    MasterKeyError,
+    StoreError,
+)
+from torro.material import KeyMaterial
+from torro.sealing import InvalidSeal, Sealer
+from torro.store import files
+from torro.store.records import (
+    KeyRecord,
+    KeyState,
+    RecordError,
+    canonical_json,
+    parse_record,
+)
+
+
+# A timestamp this far ahead of the clock is accepted, to allow for skew.
+CLOCK_SKEW_ALLOWANCE_MS = 5 * 60 * 1000
+LOCK_TIMEOUT = 30.0
+HISTORY_FORMAT = 1
+
+_RECORD_NAME = re.compile(r"key-(0|[1-9][0-9]*)\.json")
+
+log = logging.getLogger(logs.ROTATION)
+security_log = logging.getLogger(logs.SECURITY)
+system_log = logging.getLogger(logs.SYSTEM)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class NewChainEntry:
+    """A key to write into a new chain (see :meth:`KeyStore.write_chain`)."""
+
+    material: KeyMaterial
+    index: int
+    timestamp: int
+    algorithm: str
+    derived_from: int | None
+
+
+@dataclasses.dataclass
+class _Loaded:
+    """What one read of the store found, before any repair."""
+
+    records: dict[int, KeyRecord]
+    current: KeyRecord | None
+    next_index: int
+    retired: set[str]
+    problems: list[IntegrityError]
+    repairs: list[str]
+    pending: KeyRecord | None = None
+    stale_current: bool = False
+    stale_history: bool = False
+    leftovers: list[int] = dataclasses.field(default_factory=list)
+
+
+class KeyStore:
+    """One key ring in a directory, in the documented layout.
+
+    :param root: the key store directory (KEY_STORAGE_PATH).
+    :param sealer: seals new keys and checksums records under the master
+        key; also used, with ``encryption`` off, for checksums alone.
+    :param history_dir: where key-N.json files live (KEY_HISTORY_PATH),
+        ``root/history`` by default.
+    :param encryption: seal the key material of new records.
+    :param max_history: how many keys are retained; older ones are removed
+        at the next rotation.
+    :param integrity_check: verify every record's checksum and the chain on
+        load; the current record is always verified.
+    :param clock: returns the time in ms since the epoch.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        sealer: Sealer,
+        *,
+        history_dir: Path | None = None,
+        encryption: bool = True,
+        max_history: int = 100,
+        integrity_check: bool = True,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.root = root
+        self.history_dir = history_dir or root / "history"
+        self.current_path = root / "current.json"
+        self.history_path = root / "history.json"
+        self.backup_dir = root / "backup"
+        self.archive_dir = root / "archive"
+        self.sealer = sealer
+        self.encryption = encryption
+        self.max_history = max_history
+        self.integrity_check = integrity_check
+        self.clock = clock
+        self._lock = files.FileLock(root / ".lock")
+
+        self.records: dict[int, KeyRecord] = {}
+        self.current: KeyRecord | None = None
+        self.next_index = 0
+        self.retired_fingerprints: set[str] = set()
+        self.problem: IntegrityError | None = None
+        self._loaded = False
+        self._stale = True
+        self._signature: tuple[Any, ...] = ()
+        self._current_material: KeyMaterial | None = None
+
+    # -- reading -------------------------------------------------------
+
+    def is_empty(self) -> bool:
+        """Tell whether the store holds nothing of a key ring yet."""
+        return store_is_empty(self.root, self.history_dir)
+
+    def load(self) -> None:
+        """Read and verify the store without writing anything.
+
+        A wrong master key raises :class:`MasterKeyError`. Integrity
+        failures do not raise: the first one is kept in :attr:`problem`,
+        and rotation refuses to run while it is set.
+        """
+        self._complete_swaps()
+        found = self._read()
+        self.records = found.records
+        self.current = found.current
+        self.next_index = found.next_index
+        self.retired_fingerprints = found.retired
+        self.problem = found.problems[0] if found.problems else None
+        self._found = found
+        self._current_material = None
+        self._loaded = True
+        self._stale = False
+        self._signature = self._head_signature()
+        if self.problem is not None:
+            security_log.error(
+                "key store integrity check failed: %s", self.problem
+            )
+
+    @property
+    def needs_recovery(self) -> bool:
+        return bool(self._loaded and self._found.repairs)
+
+    @property
+    def seen_fingerprints(self) -> set[str]:
+        """Fingerprints of every key the store has held, retired included.
+        """
+        seen = set(self.retired_fingerprints)
+        seen.update(record.fingerprint for record in self.records.values())
+        return seen
+
+    def clock_problem(self, now: int | None = None) -> str | None:
+        """Describe a current key dated in the future, or return None.
+
+        A key made under a clock that was ahead, or read under one that
+        jumped back, must not be rotated away before its time: rotation
+        waits until the clock catches up.
+        """
+        if self.current is None:
+            return None
+        now = self.clock() if now is None else now
+        ahead = self.current.timestamp - now
+        if ahead > CLOCK_SKEW_ALLOWANCE_MS:
+            return (
+                f"the current key (index {self.current.index}) is dated "
+                f"{ahead // 1000} s in the future: the clock is behind; "
+                "rotation waits until it catches up"
+            )
+        return None
+
+    def current_material(self) -> KeyMaterial:
+        """Return the current key's material (opened once, then cached)."""
+        if self.current is None:
+            raise StoreError(
+                f"{self.root} holds no key yet: run torro daemon rotate"
+            )
+        if self._current_material is None:
+            self._current_material = self._open(
+                self.current_path, self.current
+            )
+        return self._current_material
+
+    def material(self, index: int) -> KeyMaterial:
+        """Return the material of a retained key by index."""
+        record = self.records.get(index)
+        if record is None:
+            raise StoreError(self.unknown_index_message(index))
+        if self.current is not None and index == self.current.index:
+            return self.current_material()
+        return self._open(self.history_dir / record.file_name, record)
+
+    def unknown_index_message(self, index: int) -> str:
+        if index < self.next_index and self.records:
+            oldest = min(self.records)
+            if index < oldest:
+                return (
+                    f"key {index} is no longer retained (the oldest "
+                    f"retained key is {oldest})"
+                )
+        return (
+            f"no key with index {index}: indexes run from "
+            f"{min(self.records, default=0)} to {self.next_index - 1}"
+        )
+
+    def changed_on_disk(self) -> bool:
+        """Tell whether another process may have changed the store."""
+        if self._stale or not self._loaded:
+            return True
+        if self._head_signature() != self._signature:
+            return True
+        pending = self.history_dir / f"key-{self.next_index}.json"
+        return pending.exists()
+
+    def refresh(self) -> bool:
+        """Reload the store if it changed on disk; tell whether it did."""
+        if not self.changed_on_disk():
+            return False
+        self.load()
+        return True
+
+    def verify(self) -> list[IntegrityError]:
+        """Check every record, open every key, and compare the backup.
+
+        :returns: every problem found, the first bad record first.
+        """
+        self._complete_swaps()
+        found = self._read(force_checks=True)
+        problems = list(found.problems)
+        for record in sorted(found.records.values(), key=_by_index):
+            path = self.history_dir / record.file_name
+            try:
+                material = self._open(path, record)
+            except IntegrityError as exc:
+                problems.append(exc)
+                continue
+            if material.fingerprint != record.fingerprint:
+                problems.append(IntegrityError(
+                    str(path), "key does not match its fingerprint"
+                ))
+        problems.extend(self._check_backup())
+        return problems
+
+    # -- writing -------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+        """Hold the store lock, with the store reloaded and repaired.
+
+        Every write happens inside this block, and only one process at a
+        time is inside it.
+        """
+        files.ensure_directory(self.root)
+        self._complete_swaps()
+        files.ensure_directory(self.root)
+        with self._lock.hold(timeout):
+            self.load()
+            self.recover()
+            yield
+
+    def recover(self) -> None:
+        """Repair what an interrupted write left behind (lock held)."""
+        self._require_lock()
+        found = self._found
+        if found.problems:
+            # Nothing is touched until an operator has looked.
+            return
+        for directory in (self.root, self.history_dir, self.backup_dir):
+            for path in files.remove_temp_files(directory):
+                system_log.info("removed leftover temporary file %s", path)
+        self._remove_incomplete_staging()
+        if found.pending is not None or found.stale_current \
+                or found.stale_history:
+            self._finish_commit(found)
+        for index in found.leftovers:
+            path = self.history_dir / f"key-{index}.json"
+            if files.destroy_file(path):
+                log.info("removed key %d, beyond retention", index)
+        if found.leftovers:
+            files.sync_directory(self.history_dir)
+        if self.current is not None:
+            self._refresh_backup()
+        self._signature = self._head_signature()
+
+    def build_record(
+        self,
+        material: KeyMaterial,
+        *,
+        timestamp: int,
+        algorithm: str,
+        derived_from: int | None,
+        index: int | None = None,
+        previous_checksum: str | None = None,
+        encryption: bool | None = None,
+        chain_start: bool = False,
+    ) -> KeyRecord:
+        """Seal a key into the record that follows the current one."""
+        if index is None:
+            index = self.next_index
+        if previous_checksum is None and not chain_start \
+                and self.current is not None:
+            previous_checksum = self.current.checksum
+        seal = self.encryption if encryption is None else encryption
+        if seal:
+            key_text = self.sealer.seal(index, material)
+        else:
+            key_text = material.reveal_hex()
+        record = KeyRecord(
+            key_text=key_text,
+            index=index,
+            timestamp=timestamp,
+            algorithm=algorithm,
+            length=len(material),
+            derived_from=derived_from,
+            state=KeyState.ACTIVE,
+            fingerprint=material.fingerprint,
+            master_key_id=self.sealer.master_key_id,
+            previous_checksum=previous_checksum,
+        )
+        checksum = self.sealer.checksum(record.checksum_payload())
+        return dataclasses.replace(record, checksum=checksum)
+
+    def commit(self, record: KeyRecord, material: KeyMaterial) -> list[int]:
+        """Make ``record`` the current key, durably (lock held).
+
+        Writes the record, then history.json and current.json, then the
+        backup, then removes the keys beyond retention.
+
+        :returns: the indexes removed by retention.
+        """
+        self._require_lock()
+        if self.problem is not None:
+            raise self.problem
+        if record.index != self.next_index:
+            raise StoreError(
+                f"record index {record.index} is not the next index "
+                f"{self.next_index}"
+            )
+        records = dict(self.records)
+        records[record.index] = record
+        pruned = _beyond_retention(records, self.max_history)
+        retired = set(self.retired_fingerprints)
+        for index in pruned:
+            retired.add(records.pop(index).fingerprint)
+        history = self._history_bytes(
+            records, record.index, record.index + 1, retired
+        )
+        record_bytes = record.to_json()
+
+        self._stale = True
+        files.ensure_directory(self.history_dir)
+        files.write_file(self.history_dir / record.file_name, record_bytes)
+        files.sync_directory(self.history_dir)
+        files.write_file(self.history_path, history)
+        files.write_file(self.current_path, record_bytes)
+        files.sync_directory(self.root)
+
+        self.records = records
+        self.current = record
+        self.next_index = record.index + 1
+        self.retired_fingerprints = retired
+        self._current_material = material
+        self._stale = False
+        self._write_backup(record_bytes, history, durable=False)
+        for index in pruned:
+            path = self.history_dir / f"key-{index}.json"
+            files.destroy_file(path)
+            log.info("removed key %d, beyond retention of %d keys",
+                     index, self.max_history)
+        self._signature = self._head_signature()
+        return pruned
+
+    def restore_backup(self) -> KeyRecord:
+        """Put backup/current.json and backup/history.json back in place.
+
+        The backup is verified first; nothing is written if it does not
+        open under the master key or does not match the records on disk.
+        """
+        self._require_lock()
+        current_data = files.read_file(self.backup_dir / "current.json")
+        history_data = files.read_file(self.backup_dir / "history.json")
+        if current_data is None or history_data is None:
+            raise StoreError(
+                f"{self.backup_dir} holds no complete backup "
+                "(current.json and history.json): nothing to restore"
+            )
+        backup_current = self._backup_path("current.json")
+        record = self._parse(backup_current, current_data, None)
+        self._check_master_key(backup_current, record)
+        self._verify_record(backup_current, record)
+        self._open(backup_current, record)
+        history = self._parse_history(
+            self._backup_path("history.json"), history_data
+        )
+        if history["current"] != record.index:
+            raise IntegrityError(
+                self._backup_path("history.json"),
+                f"names key {history['current']} as current but "
+                f"backup/current.json holds key {record.index}",
+                "the backup is inconsistent: restore it by hand",
+            )
+        files.ensure_directory(self.history_dir)
+        record_path = self.history_dir / record.file_name
+        if files.read_file(record_path) != current_data:
+            files.write_file(record_path, current_data)
+            files.sync_directory(self.history_dir)
+        files.write_file(self.history_path, history_data)
+        files.write_file(self.current_path, current_data)
+        files.sync_directory(self.root)
+        self._stale = True
+        security_log.warning(
+            "restored current.json and history.json from %s (current key "
+            "%d)", self.backup_dir, record.index
+        )
+        self.load()
+        self.recover()
+        return record
+
+    def write_chain(
+        self,
+        entries: list[NewChainEntry],
+        *,
+        next_index: int,
+        retired_fingerprints: Iterable[str] = (),
+        archived: list[NewChainEntry] = (),
+        replaced: Path | None = None,
+    ) -> None:
+        """Replace the whole store with a new chain, atomically (lock held).
+
+        The new store is built beside the old one and swapped in with two
+        renames; a crash between them is completed by the next process to
+        open the store. The old store moves to ``replaced``, or is
+        destroyed when ``replaced`` is None.
+
+        :param entries: the retained keys, oldest first; the last becomes
+            current.
+        :param archived: keys that go to archive/ instead of the history.
+        """
+        self._require_lock()
+        if not entries:
+            raise StoreError("a new chain needs at least one key")
+        staging = self._staging_path(self.root)
+        history_staging = None
+        if self._external_history:
+            history_staging = self._staging_path(self.history_dir)
+        for path in (staging, history_staging):
+            if path is not None and path.exists():
+                shutil.rmtree(path)
+        builder = KeyStore(
+            staging,
+            self.sealer,
+            history_dir=history_staging,
+            encryption=self.encryption,
+            max_history=max(self.max_history, len(entries)),
+            clock=self.clock,
+        )
+        builder._write_new_chain(
+            entries, next_index, set(retired_fingerprints), archived
+        )
+
+        old = replaced or self.root.with_name(
+            f"{self.root.name}.replaced-{int(time.time())}"
+        )
+        if history_staging is not None:
+            os.rename(self.history_dir, old.with_name(old.name + "-history"))
+            os.rename(history_staging, self.history_dir)
+        os.rename(self.root, old)
+        os.rename(staging, self.root)
+        files.sync_directory(self.root.parent)
+        if replaced is None:
+            _destroy_tree(old)
+            if history_staging is not None:
+                _destroy_tree(old.with_name(old.name + "-history"))
+        self._stale = True
+        self.load()
+
+    def _write_new_chain(
+        self,
+        entries: list[NewChainEntry],
+        next_index: int,
+        retired: set[str],
+        archived: list[NewChainEntry],
+    ) -> None:
+        for directory in (self.root, self.history_dir, self.backup_dir):
+            files.ensure_directory(directory)
+        previous: str | None = None
+        if archived:
+            files.ensure_directory(self.archive_dir)
+            for entry in archived:
+                record = self._entry_record(entry, previous)
+                files.write_file(
+                    self.archive_dir / record.file_name, record.to_json()
+                )
+                previous = record.checksum
+                retired.add(record.fingerprint)
+            files.sync_directory(self.archive_dir)
+        records: dict[int, KeyRecord] = {}
+        for entry in entries:
+            record = self._entry_record(entry, previous)
+            files.write_file(
+                self.history_dir / record.file_name, record.to_json()
+            )
+            records[record.index] = record
+            previous = record.checksum
+        files.sync_directory(self.history_dir)
+        current = records[entries[-1].index]
+        history = self._history_bytes(
+            records, current.index, next_index, retired
+        )
+        current_bytes = current.to_json()
+        files.write_file(self.history_path, history)
+        files.write_file(self.current_path, current_bytes)
+        self._write_backup(current_bytes, history, durable=True)
+        files.sync_directory(self.root)
+
+    def _entry_record(
+        self, entry: NewChainEntry, previous: str | None
+    ) -> KeyRecord:
+        return self.build_record(
+            entry.material,
+            index=entry.index,
+            timestamp=entry.timestamp,
+            algorithm=entry.algorithm,
+            derived_from=entry.derived_from,
+            previous_checksum=previous,
+            chain_start=previous is None,
+        )
+
+    def archive_path(self) -> Path:
+        """Return a new name beside the store for an archived store."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        path = self.root.with_name(f"{self.root.name}.archive-{stamp}")
+        counter = 1
+        while path.exists():
+            counter += 1
+            path = self.root.with_name(
+                f"{self.root.name}.archive-{stamp}-{counter}"
+            )
+        return path
+
+    # -- internals -----------------------------------------------------
+
+    @property
+    def _external_history(self) -> bool:
+        return self.history_dir.parent != self.root
+
+    def _require_lock(self) -> None:
+        if not self._lock.held:
+            raise RuntimeError("the store lock must be held to write")
+
+    def _record_files(self) -> dict[int, Path]:
+        try:
+            names = os.listdir(self.history_dir)
+        except FileNotFoundError:
+            return {}
+        except NotADirectoryError:
+            raise StoreError(
+                f"{self.history_dir} is not a directory"
+            ) from None
+        found = {}
+        for name in names:
+            match = _RECORD_NAME.fullmatch(name)
+            if match:
+                found[int(match.group(1))] = self.history_dir / name
+        return found
+
+    def _head_signature(self) -> tuple[Any, ...]:
+        signature = []
+        for path in (self.current_path, self.history_path):
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:
+                signature.append(None)
+            else:
+                signature.append(
+                    (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+                )
+        return tuple(signature)
+
+    def _read(self, force_checks: bool = False) -> _Loaded:
+        """Read the store and find its problems and needed repairs."""
+        checks = self.integrity_check or force_checks
+        found = _Loaded({}, None, 0, set(), [], [])
+        current_data = files.read_file(self.current_path)
+        history_data = files.read_file(self.history_path)
+        paths = self._record_files()
+
+        if current_data is None and history_data is None and not paths:
+            if self._has_backup():
+                found.problems.append(IntegrityError(
+                    str(self.current_path),
+                    "missing, with history.json and every record, while "
+                    "backup/ still holds a store",
+                    "run torro keys restore",
+                ))
+            return found
+
+        # The current record is opened first, so that a wrong master key
+        # stops everything before any other check or any write.
+        if current_data is not None:
+            path = str(self.current_path)
+            try:
+                current = self._parse(path, current_data, None)
+                self._check_master_key(path, current)
+                self._verify_record(path, current)
+                self._open(path, current)
+                found.current = current
+            except IntegrityError as exc:
+                found.problems.append(exc)
+
+        history = None
+        if history_data is not None:
+            try:
+                history = self._parse_history(
+                    str(self.history_path), history_data
+                )
+            except IntegrityError as exc:
+                found.problems.append(exc)
+
+        previous: KeyRecord | None = None
+        for index in sorted(paths):
+            path = str(paths[index])
+            try:
+                data = files.read_file(paths[index])
+                if data is None:
+                    continue
+                record = self._parse(path, data, index)
+                if record.master_key_id != self.sealer.master_key_id:
+                    raise IntegrityError(
+                        path,
+                        f"sealed under another master key (id "
+                        f"{record.master_key_id})",
+                        "run torro keys verify",
+                    )
+                if checks:
+                    self._verify_record(path, record)
+                    _check_link(path, record, previous)
+            except IntegrityError as exc:
+                found.problems.append(exc)
+                previous = None
+                continue
+            found.records[index] = record
+            previous = record
+
+        if history is None:
+            self._judge_without_history(found, history_data is None)
+        else:
+            self._judge_with_history(found, history, checks)
+        return found
+
+    def _judge_without_history(
+        self, found: _Loaded, missing: bool
+    ) -> None:
+        # Only the first write of a new chain can leave records and no
+        # history.json: one record that starts a chain.
+        records = found.records
+        if missing and found.current is None and len(records) == 1:
+            record = next(iter(records.values()))
+            if record.previous_checksum is None:
+                found.pending = found.current = record
+                found.next_index = record.index + 1
+                found.repairs.append(f"make key {record.index} current")
+                return
+        if missing and not found.problems:
+            found.problems.append(IntegrityError(
+                str(self.history_path), "missing",
+                "run torro keys restore",
+            ))
+        found.next_index = max(records, default=-1) + 1
+
+    def _judge_with_history(
+        self, found: _Loaded, history: dict[str, Any], checks: bool
+    ) -> None:
+        listed: dict[int, str] = history["keys"]
+        head = history["current"]
+        found.next_index = history["nextIndex"]
+        found.retired = set(history["retiredFingerprints"])
+        records = found.records
+        lowest = min(listed)
+        bad_paths = {problem.path for problem in found.problems}
+
+        for index, checksum in sorted(listed.items()):
+            path = str(self.history_dir / f"key-{index}.json")
+            record = records.get(index)
+            if record is None and path not in bad_paths:
+                found.problems.append(IntegrityError(
+                    path, "missing; history.json lists it",
+                    "run torro keys restore, or torro keys verify",
+                ))
+            elif record is not None and checks \
+                    and record.checksum != checksum:
+                found.problems.append(IntegrityError(
+                    path,
+                    "is not the record history.json lists (replaced or "
+                    "replayed)",
+                    "run torro keys verify",
+                ))
+
+        # Records history.json does not list: below the oldest retained key
+        # they are leftovers of an interrupted removal; the one at the next
+        # index, chained to the current key, is an interrupted rotation.
+        for index in sorted(set(records) - set(listed)):
+            record = records.pop(index)
+            if index < lowest:
+                found.leftovers.append(index)
+            elif index == found.next_index \
+                    and record.previous_checksum == listed[head]:
+                found.pending = record
+            else:
+                found.problems.append(IntegrityError(
+                    str(self.history_dir / record.file_name),
+                    "not listed in history.json",
+                    "run torro keys verify",
+                ))
+        if found.leftovers:
+            found.repairs.append("remove keys beyond retention")
+
+        newest = found.pending or records.get(head)
+        current = found.current
+        if newest is None or current is None:
+            if not found.problems:
+                found.problems.append(IntegrityError(
+                    str(self.current_path), "missing or unreadable",
+                    "run torro keys restore",
+                ))
+            return
+        if current.checksum == newest.checksum:
+            found.stale_history = found.pending is not None
+        elif newest.previous_checksum == current.checksum or (
+            found.pending is not None
+            and current.checksum == listed[head]
+        ):
+            # current.json is one rotation behind: the crash came after
+            # the record, and maybe history.json, were written.
+            found.stale_current = True
+        elif current.index > newest.index:
+            found.problems.append(IntegrityError(
+                str(self.history_path),
+                f"names key {head} as current but current.json holds key "
+                f"{current.index} (an older copy of history.json)",
+                "run torro keys restore",
+            ))
+            return
+        else:
+            found.problems.append(IntegrityError(
+                str(self.current_path),
+                f"holds key {current.index}, which is not the newest "
+                f"record, key {newest.index} (replaced or replayed)",
+                "run torro keys restore",
+            ))
+            return
+        if found.pending is not None or found.stale_current:
+            found.repairs.append(f"make key {newest.index} current")
+        if found.pending is not None:
+            records[newest.index] = newest
+            found.next_index = newest.index + 1
+        found.current = newest
+
+    def _parse(self, path: str, data: bytes, index: int | None) -> KeyRecord:
+        try:
+            record = parse_record(data)
+        except RecordError as exc:
+            raise IntegrityError(
+                str(path), f"not a key record: {exc}",
+                "run torro keys verify, then torro keys restore",
+            ) from None
+        if index is not None and record.index != index:
+            raise IntegrityError(
+                str(path),
+                f"holds key {record.index}, not key {index} (records were "
+                "swapped or renamed)",
+                "run torro keys verify",
+            )
+        if record.state is not KeyState.ACTIVE:
+            raise IntegrityError(
+                str(path), f"state {record.state} is not supported yet"
+            )
+        return record
+
+    def _check_master_key(self, path: str, record: KeyRecord) -> None:
+        if record.master_key_id != self.sealer.master_key_id:
+            raise MasterKeyError(
+                f"the master key (id {self.sealer.master_key_id}) is not "
+                f"the one that sealed {path} (id {record.master_key_id}): "
+                "set KEY_DAEMON_MASTER_KEY_FILE or KEY_DAEMON_MASTER_KEY to "
+                "this store's master key; nothing was changed"
+            )
+
+    def _verify_record(self, path: str, record: KeyRecord) -> None:
+        if not self.sealer.checksum_matches(
+            record.checksum_payload(), record.checksum
+        ):
+            raise IntegrityError(
+                str(path), "checksum does not match (the record was edited)",
+                "run torro keys verify, then torro keys restore",
+            )
+
+    def _open(self, path: Path | str, record: KeyRecord) -> KeyMaterial:
+        if record.sealed:
+            try:
+                material = self.sealer.open(record.index, record.key_text)
+            except InvalidSeal as exc:
+                raise IntegrityError(
+                    str(path), str(exc), "run torro keys verify"
+                ) from None
+        else:
+            try:
+                material = KeyMaterial.from_hex(record.key_text)
+            except ValueError:
+                raise IntegrityError(
+                    str(path), "key is not lowercase hex",
+                    "run torro keys verify",
+                ) from None
+        if len(material) != record.length:
+            raise IntegrityError(
+                str(path),
+                f"key is {len(material)} bytes, the record says "
+                f"{record.length}",
+            )
+        return material
+
+    def _history_bytes(
+        self,
+        records: dict[int, KeyRecord],
+        current: int,
+        next_index: int,
+        retired: set[str],
+    ) -> bytes:
+        document: dict[str, Any] = {
+            "format": HISTORY_FORMAT,
+            "current": current,
+            "nextIndex": next_index,
+            "masterKeyId": self.sealer.master_key_id,
+            "keys": [
+                records[index].metadata() for index in sorted(records)
+            ],
+            "retiredFingerprints": sorted(retired),
+        }
+        document["checksum"] = self.sealer.checksum(
+            canonical_json(document)
+        )
+        return json.dumps(document, indent=1).encode() + b"\n"
+
+    def _parse_history(self, path: str, data: bytes) -> dict[str, Any]:
+        def bad(reason: str) -> IntegrityError:
+            return IntegrityError(
+                str(path), reason,
+                "run torro keys verify, then torro keys restore",
+            )
+
+        try:
+            document = json.loads(data)
+        except (UnicodeDecodeError, ValueError):
+            raise bad("not valid JSON") from None
+        if not isinstance(document, dict):
+            raise bad("not a JSON object")
+        checksum = document.pop("checksum", None)
+        if not isinstance(checksum, str):
+            raise bad("checksum is missing")
+        master_key_id = document.get("masterKeyId")
+        if master_key_id != self.sealer.master_key_id:
+            raise bad(
+                f"written under another master key (id {master_key_id})"
+            )
+        if not self.sealer.checksum_matches(
+            canonical_json(document), checksum
+        ):
+            raise bad("checksum does not match (the file was edited)")
+        try:
+            keys = {
+                entry["index"]: entry["checksum"]
+                for entry in document["keys"]
+            }
+            current = document["current"]
+            next_index = document["nextIndex"]
+            retired = document["retiredFingerprints"]
+        except (KeyError, TypeError):
+            raise bad("not a history document") from None
+        if not keys or current not in keys or next_index <= max(keys):
+            raise bad("names no current key, or a wrong next index")
+        return {
+            "keys": keys,
+            "current": current,
+            "nextIndex": next_index,
+            "retiredFingerprints": retired,
+        }
+
+    def _finish_commit(self, found: _Loaded) -> None:
+        current = found.current
+        assert current is not None
+        history = self._history_bytes(
+            self.records, current.index, self.next_index,
+            self.retired_fingerprints,
+        )
+        system_log.warning(
+            "completing an interrupted rotation: key %d is current",
+            current.index,
+        )
+        files.write_file(self.history_path, history)
+        files.write_file(self.current_path, current.to_json())
+        files.sync_directory(self.root)
+        found.pending = None
+        found.stale_current = found.stale_history = False
+
+    def _has_backup(self) -> bool:
+        return (self.backup_dir / "current.json").exists()
+
+    def _backup_path(self, name: str) -> str:
+        return str(self.backup_dir / name)
+
+    def _write_backup(
+        self, current: bytes, history: bytes, *, durable: bool
+    ) -> None:
+        files.ensure_directory(self.backup_dir)
+        files.write_file(
+            self.backup_dir / "current.json", current, durable=durable
+        )
+        files.write_file(
+            self.backup_dir / "history.json", history, durable=durable
+        )
+        if durable:
+            files.sync_directory(self.backup_dir)
+
+    def _refresh_backup(self) -> None:
+        current = files.read_file(self.current_path)
+        history = files.read_file(self.history_path)
+        if current is None or history is None:
+            return
+        if files.read_file(self.backup_dir / "current.json") == current \
+                and files.read_file(self.backup_dir / "history.json") \
+                == history:
+            return
+        self._write_backup(current, history, durable=True)
+        system_log.info("refreshed the backup in %s", self.backup_dir)
+
+    def _check_backup(self) -> list[IntegrityError]:
+        current = files.read_file(self.current_path)
+        backup = files.read_file(self.backup_dir / "current.json")
+        if backup is None:
+            return [IntegrityError(
+                self._backup_path("current.json"), "missing",
+                "the next rotation or start writes it again",
+            )]
+        if backup != current:
+            return [IntegrityError(
+                self._backup_path("current.json"),
+                "differs from current.json",
+                "the next start of the daemon writes it again",
+            )]
+        return []
+
+    def _staging_path(self, directory: Path) -> Path:
+        return directory.with_name(directory.name + ".staging")
+
+    def _complete_swaps(self) -> None:
+        # A store is swapped in by renaming it over from its staging name;
+        # a staging directory whose target is gone is complete.
+        for target in (self.history_dir, self.root):
+            staging = self._staging_path(target)
+            if not target.exists() and staging.is_dir():
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(staging, target)
+                    system_log.warning(
+                        "completed an interrupted swap of %s", target
+                    )
+
+    def _remove_incomplete_staging(self) -> None:
+        for target in (self.root, self.history_dir):
+            staging = self._staging_path(target)
+            if target.exists() and staging.is_dir():
+                _destroy_tree(staging)
+                system_log.warning(
+                    "removed %s, left by an interrupted reset or import",
+                    staging,
+                )
+
+
+def store_is_empty(root: Path, history_dir: Path | None = None) -> bool:
+    """Tell whether a key store directory holds nothing of a key ring."""
+    history_dir = history_dir or root / "history"
+    names = ("current.json", "history.json", "backup/current.json",
+             "backup/history.json")
+    if any((root / name).exists() for name in names):
+        return False
+    if root.with_name(root.name + ".staging").exists():
+        return False
+    try:
+        entries = os.listdir(history_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    return not any(_RECORD_NAME.fullmatch(name) for name in entries)
+
+
+def _by_index(record: KeyRecord) -> int:
+    return record.index
+
+
+def _check_link(
+    path: str, record: KeyRecord, previous: KeyRecord | None
+) -> None:
+    if previous is None:
+        return
+    if record.previous_checksum != previous.checksum:
+        raise IntegrityError(
+            path,
+            f"does not chain to key-{previous.index}.json (a record "
+            "between them was removed, or one was replaced)",
+            "run torro keys verify",
+        )
+    if record.timestamp < previous.timestamp:
+        raise IntegrityError(
+            path,
+            f"is dated before key-{previous.index}.json",
+            "run torro keys verify",
+        )
+
+
+def _beyond_retention(
+    records: dict[int, KeyRecord], max_history: int
+) -> list[int]:
+    indexes = sorted(records)
+    return indexes[: max(0, len(indexes) - max_history)]
+
+
+def _destroy_tree(path: Path) -> None:
+    for directory, _, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(OSError):
+                files.destroy_file(Path(directory) / name)
+    shutil.rmtree(path, ignore_errors=True)
