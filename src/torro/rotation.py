@@ -14,11 +14,12 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from torro import keygen, logs
 from torro.config import Settings
 from torro.errors import KeyValidationError, TorroError
-from torro.store import KeyRecord, KeyStore
+from torro.store import KeyRecord, KeyStore, NewChainEntry
 
 
 log = logging.getLogger(logs.ROTATION)
@@ -74,6 +75,15 @@ class Rotation:
     removed: list[int]
     timings: RotationTimings
     duration: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Reset:
+    """The outcome of a reset."""
+
+    record: KeyRecord
+    archive: Path | None
+    old_indexes: list[int]
 
 
 @dataclasses.dataclass
@@ -171,6 +181,50 @@ class KeyRotationDaemon:
         )
         self._notify(record)
         return rotation
+
+    def reset(self, *, purge: bool = False, now: int | None = None) -> Reset:
+        """Put the whole key ring aside and start a new chain.
+
+        The old store moves to an archive folder beside it, or is
+        destroyed with ``purge``. The new chain starts at the next unused
+        index, so no index is ever given twice, and remembers the old
+        keys' fingerprints so none of them can come back.
+        """
+        store = self.store
+        with store.locked():
+            now = self.clock() if now is None else now
+            old_indexes = store.indexes_on_disk()
+            next_index = max([store.next_index, *(i + 1 for i in old_indexes)])
+            material = keygen.generate_first_key(
+                self.policy.key_length, self.random
+            )
+            seen = store.seen_fingerprints
+            if self.policy.validation_enabled:
+                keygen.validate_key(
+                    material.reveal_hex(), self.policy.key_length, seen
+                )
+            archive = None if purge else store.archive_path()
+            entry = NewChainEntry(
+                material, next_index, now, self.policy.algorithm, None
+            )
+            store.write_chain(
+                [entry],
+                next_index=next_index + 1,
+                retired_fingerprints=seen,
+                replaced=archive,
+            )
+        record = store.current
+        assert record is not None
+        security_log.warning(
+            "key store %s reset: %s (%d keys), new chain starts at key %d",
+            store.root,
+            "old store destroyed" if archive is None
+            else f"old store archived in {archive}",
+            len(old_indexes),
+            record.index,
+        )
+        self._notify(record)
+        return Reset(record, archive, old_indexes)
 
     def tick(self, now: int | None = None) -> Rotation | None:
         """Run one pass of the schedule: rotate if due, log any failure.

@@ -590,20 +590,25 @@ class KeyStore:
         if not self._lock.held:
             raise RuntimeError("the store lock must be held to write")
 
-    def _record_files(self) -> dict[int, Path]:
+    def indexes_on_disk(self) -> list[int]:
+        """Return the index of every record file, retained or archived."""
+        indexes = set(self._record_files())
+        indexes.update(self._record_files(self.archive_dir))
+        return sorted(indexes)
+
+    def _record_files(self, directory: Path | None = None) -> dict[int, Path]:
+        directory = directory or self.history_dir
         try:
-            names = os.listdir(self.history_dir)
+            names = os.listdir(directory)
         except FileNotFoundError:
             return {}
         except NotADirectoryError:
-            raise StoreError(
-                f"{self.history_dir} is not a directory"
-            ) from None
+            raise StoreError(f"{directory} is not a directory") from None
         found = {}
         for name in names:
             match = _RECORD_NAME.fullmatch(name)
             if match:
-                found[int(match.group(1))] = self.history_dir / name
+                found[int(match.group(1))] = directory / name
         return found
 
     def _head_signature(self) -> tuple[Any, ...]:

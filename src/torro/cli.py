@@ -1,0 +1,412 @@
+"""The ``torro`` command: run and control the daemon, inspect the keys.
+
+Each command reads the settings, calls the library and prints the outcome;
+none holds logic of its own. Errors meant for the operator print one line,
+``torro: error: ...``, and exit non-zero; a traceback only ever means a bug.
+"""
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from torro import __version__, logs, process
+from torro.config import Settings, load_settings
+from torro.errors import TorroError
+from torro.manager import DaemonManager, daemon_status, iso_time
+from torro.rotation import KeyRotationDaemon, RotationPolicy
+from torro.sealing import parse_master_key, read_master_key_file
+from torro.store import KeyStore, open_store
+
+
+# Exit codes of `torro daemon status`, usable by a monitoring check.
+STATUS_HEALTHY = 0
+STATUS_UNHEALTHY = 1
+STATUS_NOT_RUNNING = 3
+# An error that is a bug rather than an operator's mistake (sysexits.h).
+EXIT_SOFTWARE = 70
+
+security_log = logging.getLogger(logs.SECURITY)
+system_log = logging.getLogger(logs.SYSTEM)
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _with_logs(settings: Settings) -> Settings:
+    logs.configure_logging(settings.log_dir, settings.log_level)
+    return settings
+
+
+def _loaded_store(settings: Settings) -> KeyStore:
+    store = open_store(settings)
+    store.load()
+    return store
+
+
+def _rotation_daemon(settings: Settings) -> KeyRotationDaemon:
+    return KeyRotationDaemon(
+        open_store(settings), RotationPolicy.from_settings(settings)
+    )
+
+
+def _print_json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2, sort_keys=True))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="torro")
+def cli() -> None:
+    """Torro: rotate, seal and keep the signing keys of a license server.
+
+    Settings come from KEY_DAEMON_* variables and a .env file in the
+    working directory; see `torro config show`.
+    """
+
+
+# -- daemon ------------------------------------------------------------
+
+@cli.group()
+def daemon() -> None:
+    """Run and control the rotation daemon."""
+
+
+@daemon.command("run")
+def daemon_run() -> None:
+    """Run the daemon in the foreground until SIGTERM or SIGINT.
+
+    Loads and verifies the key store, creates the first key if there is
+    none, then rotates on schedule. SIGHUP reopens the log files and
+    reloads the configuration.
+    """
+    settings = _settings()
+    DaemonManager(settings).run()
+
+
+@daemon.command("start")
+def daemon_start() -> None:
+    """Start the daemon in the background; return once it is ready."""
+    settings = _settings()
+    pid = process.start_background(settings.pid_file)
+    click.echo(f"daemon started (pid {pid})")
+
+
+@daemon.command("stop")
+def daemon_stop() -> None:
+    """Stop the running daemon (SIGTERM) and wait until it has exited."""
+    settings = _settings()
+    pid = process.stop_daemon(settings.pid_file)
+    if pid is None:
+        click.echo("no daemon is running")
+    else:
+        click.echo(f"daemon stopped (pid {pid})")
+
+
+@daemon.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def daemon_status_command(as_json: bool) -> None:
+    """Tell whether the daemon runs and how its keys stand.
+
+    Exits 0 when the daemon runs and its store is healthy, 1 when it runs
+    but something is wrong, 3 when no daemon runs.
+    """
+    settings = _settings()
+    status = daemon_status(settings)
+    if as_json:
+        _print_json(status.to_dict())
+    else:
+        state = f"running (pid {status.pid})" if status.running \
+            else "not running"
+        click.echo(f"daemon:         {state}")
+        click.echo(f"key store:      {status.store} ({status.integrity})")
+        if status.current_index is not None:
+            click.echo(
+                f"current key:    {status.current_index} (fingerprint "
+                f"{status.fingerprint}, age {status.key_age_seconds:.0f} s)"
+            )
+            click.echo(f"last rotation:  {status.last_rotation}")
+            click.echo(f"next rotation:  {status.next_rotation}")
+            click.echo(f"retained keys:  {status.history_size}")
+        if status.problem:
+            click.echo(f"problem:        {status.problem}")
+    if not status.running:
+        sys.exit(STATUS_NOT_RUNNING)
+    sys.exit(STATUS_HEALTHY if status.healthy else STATUS_UNHEALTHY)
+
+
+@daemon.command("rotate")
+def daemon_rotate() -> None:
+    """Rotate the key now, whether or not a daemon runs.
+
+    On an empty store this creates the first key. A running daemon picks
+    the new key up at its next wake-up.
+    """
+    settings = _with_logs(_settings())
+    rotation = _rotation_daemon(settings).rotate(force=True)
+    assert rotation is not None
+    record = rotation.record
+    click.echo(
+        f"rotated to key {record.index} (fingerprint {record.fingerprint})"
+    )
+
+
+@daemon.command("reset")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--purge",
+    is_flag=True,
+    help="Destroy the old keys instead of archiving them.",
+)
+def daemon_reset(yes: bool, purge: bool) -> None:
+    """Put every key aside and start a new chain.
+
+    The old store moves to a timestamped archive folder beside it, or is
+    destroyed with --purge. Licenses signed with the old keys no longer
+    verify against this store. Indexes continue: the new chain never
+    reuses an index.
+    """
+    settings = _with_logs(_settings())
+    if not yes:
+        what = "destroy" if purge else "archive"
+        click.confirm(
+            f"{what} every key in {settings.storage_path} and start a new "
+            "chain?",
+            abort=True,
+        )
+    reset = _rotation_daemon(settings).reset(purge=purge)
+    where = "destroyed" if reset.archive is None \
+        else f"archived in {reset.archive}"
+    click.echo(
+        f"old keys {where}; new chain starts at key {reset.record.index}"
+    )
+
+
+# -- keys --------------------------------------------------------------
+
+@cli.group()
+def keys() -> None:
+    """Inspect, verify, import and restore the stored keys."""
+
+
+@keys.command("history")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def keys_history(as_json: bool) -> None:
+    """List the retained keys, newest first, without key material."""
+    store = _loaded_store(_settings())
+    _stop_on_problem(store)
+    rows = [
+        _key_summary(store, record.index)
+        for record in sorted(
+            store.records.values(), key=lambda r: r.index, reverse=True
+        )
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    click.echo(f"{'index':>7}  {'created (UTC)':24}  {'fingerprint':16}  "
+               "role")
+    for row in rows:
+        click.echo(
+            f"{row['index']:>7}  {row['created']:24}  "
+            f"{row['fingerprint']:16}  {row['role']}"
+        )
+
+
+@keys.command("show")
+@click.argument("index", type=click.IntRange(min=0))
+@click.option(
+    "--reveal",
+    is_flag=True,
+    help="Print the key itself (logged to the security log).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def keys_show(index: int, reveal: bool, as_json: bool) -> None:
+    """Show one retained key by index; --reveal prints the key itself."""
+    settings = _with_logs(_settings())
+    store = _loaded_store(settings)
+    _stop_on_problem(store)
+    if index not in store.records:
+        raise TorroError(store.unknown_index_message(index))
+    row = _key_summary(store, index)
+    if reveal:
+        row["key"] = store.material(index).reveal_hex()
+        security_log.warning(
+            "key %d (fingerprint %s) revealed by torro keys show",
+            index,
+            row["fingerprint"],
+        )
+    if as_json:
+        _print_json(row)
+        return
+    for name, value in row.items():
+        click.echo(f"{name + ':':14} {value}")
+
+
+@keys.command("verify")
+def keys_verify() -> None:
+    """Check every record, the chain, the seals and the backup.
+
+    Prints the first bad record and exits 1 when anything is wrong.
+    """
+    settings = _with_logs(_settings())
+    store = open_store(settings, create_master_key=False)
+    problems = store.verify()
+    if problems:
+        for problem in problems:
+            security_log.error("verify: %s", problem)
+        more = len(problems) - 1
+        suffix = f" ({more} more problem{'s' * (more > 1)} in the " \
+            "security log)" if more else ""
+        raise TorroError(f"{problems[0]}{suffix}")
+    store.load()
+    current = store.current
+    click.echo(
+        f"ok: {len(store.records)} keys verified, chain intact, current key "
+        f"{'none' if current is None else current.index}"
+    )
+
+
+@keys.command("import")
+@click.argument(
+    "source",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+def keys_import(source: Path) -> None:
+    """Import a key directory of the original Node.js daemon.
+
+    Every record that can be trusted is sealed into the (empty) store
+    with its index, timestamp and derivedFrom; each record skipped or
+    doubtful is printed with the reason. Keys beyond
+    KEY_DAEMON_MAX_HISTORY go to the store's archive/.
+    """
+    from torro.store.importer import import_directory
+
+    settings = _with_logs(_settings())
+    store = open_store(settings)
+    report = import_directory(
+        source, store, validate=settings.validation_enabled
+    )
+    for name, reason in report.skipped:
+        click.echo(f"skipped {name}: {reason}")
+    for index, reason in report.doubtful:
+        click.echo(f"doubtful key {index}: {reason}")
+    for name in report.ignored:
+        click.echo(f"ignored {name}: not key records")
+    retained = len(report.imported) - len(report.archived)
+    click.echo(
+        f"imported {len(report.imported)} keys: {retained} retained, "
+        f"{len(report.archived)} beyond KEY_DAEMON_MAX_HISTORY="
+        f"{settings.max_history} archived in {store.archive_dir}; "
+        f"current key {report.current_index}"
+    )
+
+
+@keys.command("restore")
+def keys_restore() -> None:
+    """Restore current.json and history.json from backup/, after checking.
+    """
+    settings = _with_logs(_settings())
+    store = open_store(settings, create_master_key=False)
+    with store.locked():
+        record = store.restore_backup()
+    click.echo(
+        f"restored from {store.backup_dir}: current key {record.index}"
+    )
+
+
+def _key_summary(store: KeyStore, index: int) -> dict[str, Any]:
+    record = store.records[index]
+    current = store.current is not None and store.current.index == index
+    return {
+        "index": record.index,
+        "created": iso_time(record.timestamp),
+        "fingerprint": record.fingerprint,
+        "algorithm": record.algorithm,
+        "length": record.length,
+        "derived_from": record.derived_from,
+        "role": "current" if current else "retained",
+        "sealed": record.sealed,
+    }
+
+
+def _stop_on_problem(store: KeyStore) -> None:
+    if store.problem is not None:
+        raise store.problem
+
+
+# -- config ------------------------------------------------------------
+
+@cli.group()
+def config() -> None:
+    """Check and show the configuration."""
+
+
+@config.command("check")
+def config_check() -> None:
+    """Validate every setting without starting anything."""
+    settings = _settings()
+    if settings.master_key is not None:
+        parse_master_key(
+            settings.master_key.get_secret_value(), "KEY_DAEMON_MASTER_KEY"
+        )
+    elif settings.master_key_file is not None:
+        read_master_key_file(settings.master_key_file)
+    click.echo("configuration ok")
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def config_show(as_json: bool) -> None:
+    """Print the effective configuration, secrets redacted."""
+    described = _settings().describe()
+    if as_json:
+        _print_json(described)
+        return
+    for name, value in described.items():
+        click.echo(f"{name}={value}")
+
+
+# -- entry point -------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Run the CLI and exit with its status; errors print one line."""
+    sys.exit(_run(cli.main, argv))
+
+
+def _run(entry: Callable[..., Any], argv: list[str] | None) -> int:
+    try:
+        result = entry(args=argv, prog_name="torro", standalone_mode=False)
+    except TorroError as exc:
+        _fail(str(exc))
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("torro: aborted", err=True)
+        return 1
+    except click.ClickException as exc:
+        hint = ""
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f" (see {exc.ctx.command_path} --help)"
+        _fail(f"{exc.format_message()}{hint}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        system_log.error("unexpected error in the CLI", exc_info=exc)
+        _fail(
+            f"unexpected {type(exc).__name__}: {logs.one_line(str(exc))}; "
+            "this is a bug: please report it with the system log"
+        )
+        return EXIT_SOFTWARE
+    return result if isinstance(result, int) else 0
+
+
+def _fail(message: str) -> None:
+    click.echo(f"torro: error: {logs.one_line(message)}", err=True)
+
