@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -41,6 +42,7 @@ SEALED_PREFIX = "torro:v1:"
 _SEALING_LABEL = b"torro sealing key v1"
 _CHECKSUM_LABEL = b"torro checksum key v1"
 _KEY_ID_LABEL = b"torro master key id v1"
+_MASTER_KEY_HEX = re.compile(rb"[0-9a-fA-F]{%d}" % (2 * MASTER_KEY_LENGTH))
 
 log = logging.getLogger(logs.SECURITY)
 
@@ -124,15 +126,13 @@ def read_master_key_file(path: Path) -> MasterKey:
             "owner and mode (0400 for the daemon's user)"
         ) from None
     text = raw[:-1] if raw.endswith(b"\n") else raw
-    try:
-        data = bytes.fromhex(text.decode("ascii"))
-        if len(text) != 2 * MASTER_KEY_LENGTH:
-            raise ValueError
-    except (UnicodeDecodeError, ValueError):
+    # bytes.fromhex skips whitespace, so the characters are checked first.
+    if _MASTER_KEY_HEX.fullmatch(text) is None:
         raise MasterKeyError(
             f"master key file {path} must hold exactly 64 hex characters "
             f"(one 32-byte key), optionally followed by a newline"
-        ) from None
+        )
+    data = bytes.fromhex(text.decode("ascii"))
     mode = path.stat().st_mode & 0o077
     if mode:
         log.warning(

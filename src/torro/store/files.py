@@ -58,6 +58,18 @@ def write_file(path: Path, data: bytes, *, durable: bool = True) -> None:
     missing or empty. Only copies that can be written again from durable
     files (the backup) are written that way.
     """
+    temp = stage_file(path, data, durable=durable)
+    if not durable:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    install_file(temp, path)
+
+
+def stage_file(path: Path, data: bytes, *, durable: bool = True) -> Path:
+    """Write ``data`` to a new temporary file beside ``path``.
+
+    :returns: the temporary file, for :func:`install_file`.
+    """
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     try:
@@ -75,14 +87,44 @@ def write_file(path: Path, data: bytes, *, durable: bool = True) -> None:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        if not durable:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise _write_error(path, exc) from None
+    return temp
+
+
+def install_file(temp: Path, path: Path) -> None:
+    """Rename a staged temporary file over ``path``."""
+    try:
         os.replace(temp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise _write_error(path, exc) from None
+
+
+def link_file(source: Path, path: Path) -> None:
+    """Make ``path`` another name of ``source``, replacing it atomically.
+
+    Both names then share one inode, so nothing new needs flushing but
+    the directory. Where a hard link is impossible (another filesystem),
+    the content is copied durably instead.
+    """
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    try:
+        os.link(source, temp)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise _write_error(path, exc) from None
+        data = read_file(source)
+        if data is None:
+            raise _write_error(
+                path, FileNotFoundError(errno.ENOENT, "source is gone")
+            ) from None
+        write_file(path, data)
+        return
+    install_file(temp, path)
 
 
 def sync_directory(path: Path) -> None:
@@ -128,9 +170,11 @@ def destroy_file(path: Path) -> bool:
     except OSError as exc:
         raise _write_error(path, exc) from None
     try:
-        size = os.fstat(fd).st_size
-        os.pwrite(fd, bytes(size), 0)
-        os.fdatasync(fd)
+        stat = os.fstat(fd)
+        # Another name still shares the content: only this name goes.
+        if stat.st_nlink == 1:
+            os.pwrite(fd, bytes(stat.st_size), 0)
+            os.fdatasync(fd)
     except OSError as exc:
         raise _write_error(path, exc) from None
     finally:

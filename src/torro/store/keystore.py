@@ -144,6 +144,7 @@ class KeyStore:
         self.current: KeyRecord | None = None
         self.next_index = 0
         self.retired_fingerprints: set[str] = set()
+        self._seen: set[str] = set()
         self.problem: IntegrityError | None = None
         self._loaded = False
         self._stale = True
@@ -169,6 +170,8 @@ class KeyStore:
         self.current = found.current
         self.next_index = found.next_index
         self.retired_fingerprints = found.retired
+        self._seen = set(found.retired)
+        self._seen.update(r.fingerprint for r in found.records.values())
         self.problem = found.problems[0] if found.problems else None
         self._found = found
         self._current_material = None
@@ -187,10 +190,11 @@ class KeyStore:
     @property
     def seen_fingerprints(self) -> set[str]:
         """Fingerprints of every key the store has held, retired included.
+
+        Kept up to date rather than rebuilt, so that checking a new key
+        against every key ever held costs one set lookup.
         """
-        seen = set(self.retired_fingerprints)
-        seen.update(record.fingerprint for record in self.records.values())
-        return seen
+        return self._seen
 
     def clock_problem(self, now: int | None = None) -> str | None:
         """Describe a current key dated in the future, or return None.
@@ -290,14 +294,16 @@ class KeyStore:
         """Hold the store lock, with the store reloaded and repaired.
 
         Every write happens inside this block, and only one process at a
-        time is inside it.
+        time is inside it. The store is read again only when another
+        process may have changed it since this one last looked.
         """
         files.ensure_directory(self.root)
         self._complete_swaps()
         files.ensure_directory(self.root)
         with self._lock.hold(timeout):
-            self.load()
-            self.recover()
+            if self.changed_on_disk():
+                self.load()
+                self.recover()
             yield
 
     def recover(self) -> None:
@@ -366,7 +372,8 @@ class KeyStore:
         """Make ``record`` the current key, durably (lock held).
 
         Writes the record, then history.json and current.json, then the
-        backup, then removes the keys beyond retention.
+        backup (not flushed: see :meth:`recover`), then removes the keys
+        beyond retention.
 
         :returns: the indexes removed by retention.
         """
@@ -389,18 +396,26 @@ class KeyStore:
         )
         record_bytes = record.to_json()
 
+        # Each flush counts: the record's rename rides on the commit that
+        # flushes history.json, so the directory flush after it is cheap.
+        # The record is durable before history.json names it, and
+        # current.json is a second name (hard link) of the record, so it
+        # costs a rename and no write of its own.
         self._stale = True
         files.ensure_directory(self.history_dir)
-        files.write_file(self.history_dir / record.file_name, record_bytes)
+        record_path = self.history_dir / record.file_name
+        files.write_file(record_path, record_bytes)
+        staged = files.stage_file(self.history_path, history)
         files.sync_directory(self.history_dir)
-        files.write_file(self.history_path, history)
-        files.write_file(self.current_path, record_bytes)
+        files.install_file(staged, self.history_path)
+        files.link_file(record_path, self.current_path)
         files.sync_directory(self.root)
 
         self.records = records
         self.current = record
         self.next_index = record.index + 1
         self.retired_fingerprints = retired
+        self._seen.add(record.fingerprint)
         self._current_material = material
         self._stale = False
         self._write_backup(record_bytes, history, durable=False)
@@ -504,6 +519,8 @@ class KeyStore:
             f"{self.root.name}.replaced-{int(time.time())}"
         )
         if history_staging is not None:
+            # an empty store may have no history directory yet
+            files.ensure_directory(self.history_dir)
             os.rename(self.history_dir, old.with_name(old.name + "-history"))
             os.rename(history_staging, self.history_dir)
         os.rename(self.root, old)

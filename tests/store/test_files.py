@@ -1,0 +1,284 @@
+"""Tests for torro.store.files: atomic writes, modes and the store lock."""
+
+import errno
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from torro.errors import LockTimeout, StoreError
+from torro.store import files
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from torro.store.files import FileLock
+lock = FileLock(Path(sys.argv[1]))
+lock.acquire(5.0)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def umask_zero() -> Iterator[None]:
+    previous = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+@pytest.fixture
+def lock_holder(tmp_path: Path) -> Iterator[Path]:
+    """Hold the lock on ``tmp_path/.lock`` in another process."""
+    path = tmp_path / ".lock"
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == b"held\n"
+        yield path
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        process.wait(timeout=10)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def fail_on(
+    monkeypatch: pytest.MonkeyPatch, name: str, code: int = errno.ENOSPC
+) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, name, fail)
+
+
+# writing
+
+
+def test_write_file_creates_0600_under_umask_zero(
+    tmp_path: Path, umask_zero: None
+) -> None:
+    path = tmp_path / "current.json"
+
+    files.write_file(path, b"{}\n")
+
+    assert path.read_bytes() == b"{}\n"
+    assert mode(path) == 0o600
+    assert os.listdir(tmp_path) == ["current.json"]
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_write_file_replaces_content_and_fixes_mode(
+    tmp_path: Path, durable: bool
+) -> None:
+    path = tmp_path / "history.json"
+    path.write_bytes(b"old content, longer than the new one\n")
+    path.chmod(0o644)
+
+    files.write_file(path, b"new\n", durable=durable)
+
+    assert path.read_bytes() == b"new\n"
+    assert mode(path) == 0o600
+    assert os.listdir(tmp_path) == ["history.json"]
+
+
+@pytest.mark.parametrize("failing", ["fsync", "write", "replace"])
+def test_failed_write_keeps_old_file_and_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    path = tmp_path / "current.json"
+    path.write_bytes(b"old\n")
+    fail_on(monkeypatch, failing)
+
+    with pytest.raises(StoreError) as caught:
+        files.write_file(path, b"new\n")
+
+    assert str(caught.value) == (
+        f"cannot write {path}: No space left on device; free space on that "
+        "filesystem; nothing was changed"
+    )
+    monkeypatch.undo()
+    assert path.read_bytes() == b"old\n"
+    assert os.listdir(tmp_path) == ["current.json"]
+
+
+def test_write_error_message_is_one_line_for_read_only_filesystem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "current.json"
+    fail_on(monkeypatch, "open", errno.EROFS)
+
+    with pytest.raises(StoreError) as caught:
+        files.write_file(path, b"new\n")
+
+    assert str(caught.value) == (
+        f"cannot write {path}: Read-only file system; the filesystem is "
+        "read-only"
+    )
+
+
+def test_ensure_directory_creates_0700_under_umask_zero(
+    tmp_path: Path, umask_zero: None
+) -> None:
+    path = tmp_path / "keys"
+
+    assert files.ensure_directory(path) is True
+    assert files.ensure_directory(path) is False
+    assert mode(path) == 0o700
+
+
+def test_ensure_directory_refuses_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_bytes(b"")
+
+    with pytest.raises(StoreError) as caught:
+        files.ensure_directory(path)
+
+    assert str(caught.value) == f"{path} exists and is not a directory"
+
+
+def test_read_file_returns_none_for_a_missing_file(tmp_path: Path) -> None:
+    assert files.read_file(tmp_path / "absent.json") is None
+
+
+def test_read_file_refuses_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(StoreError) as caught:
+        files.read_file(tmp_path)
+
+    assert str(caught.value) == f"{tmp_path} is a directory, expected a file"
+
+
+def test_destroy_file_zeroes_content_before_removing(tmp_path: Path) -> None:
+    path = tmp_path / "key-3.json"
+    path.write_bytes(b"secret record")
+    # An open descriptor keeps the inode readable after the unlink.
+    with open(path, "rb") as witness:
+        assert files.destroy_file(path) is True
+
+        assert not path.exists()
+        assert witness.read() == bytes(13)
+    assert files.destroy_file(path) is False
+
+
+def test_destroy_file_leaves_content_another_name_shares(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "key-3.json"
+    path.write_bytes(b"secret record")
+    current = tmp_path / "current.json"
+    os.link(path, current)
+
+    assert files.destroy_file(path) is True
+
+    assert not path.exists()
+    assert current.read_bytes() == b"secret record"
+
+
+def test_remove_temp_files_removes_only_temp_files(tmp_path: Path) -> None:
+    names = [
+        ".current.json.abcd1234.tmp",
+        ".key-4.json.0f0f0f0f.tmp",
+        "current.json",
+        "notes.tmp",
+        ".lock",
+    ]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+
+    removed = files.remove_temp_files(tmp_path)
+
+    assert sorted(removed) == [
+        tmp_path / ".current.json.abcd1234.tmp",
+        tmp_path / ".key-4.json.0f0f0f0f.tmp",
+    ]
+    assert sorted(os.listdir(tmp_path)) == [
+        ".lock", "current.json", "notes.tmp"
+    ]
+    assert files.remove_temp_files(tmp_path / "absent") == []
+
+
+# the lock
+
+
+def test_lock_is_held_and_released(tmp_path: Path) -> None:
+    lock = files.FileLock(tmp_path / ".lock")
+
+    with lock.hold(1.0):
+        assert lock.held
+        assert mode(tmp_path / ".lock") == 0o600
+    assert not lock.held
+
+
+def test_acquire_times_out_while_another_process_holds_it(
+    lock_holder: Path,
+) -> None:
+    lock = files.FileLock(lock_holder)
+
+    with pytest.raises(LockTimeout) as caught:
+        lock.acquire(timeout=0.2)
+
+    assert str(caught.value) == (
+        f"{lock_holder} is locked by another process for over 0.2 s: wait "
+        f"for it to finish, or find it with fuser {lock_holder}"
+    )
+    assert not lock.held
+
+
+def test_acquire_succeeds_once_the_holder_exits(tmp_path: Path) -> None:
+    path = tmp_path / ".lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    assert holder.stdout.readline() == b"held\n"
+    holder.stdin.close()
+    holder.wait(timeout=10)
+
+    lock = files.FileLock(path)
+    lock.acquire(timeout=1.0)
+
+    assert lock.held
+    lock.release()
+
+
+def test_lock_taken_on_a_replaced_file_is_taken_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock file swapped out after open is dropped for the new one."""
+    path = tmp_path / ".lock"
+    lock = files.FileLock(path)
+    real_open: Callable[[], int] = lock._open
+    opened: list[int] = []
+
+    def open_then_replace() -> int:
+        fd = real_open()
+        if not opened:
+            os.rename(path, tmp_path / ".lock.old")
+        opened.append(fd)
+        return fd
+
+    monkeypatch.setattr(lock, "_open", open_then_replace)
+
+    lock.acquire(timeout=1.0)
+
+    assert len(opened) == 2
+    held = os.fstat(opened[1])
+    assert (held.st_dev, held.st_ino) == (
+        path.stat().st_dev, path.stat().st_ino
+    )
+    lock.release()
