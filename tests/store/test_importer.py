@@ -1,0 +1,917 @@
+"""Tests for torro.store.importer: the Node.js daemon's key directory.
+
+The fixture in tests/fixtures/node-keys is real output of a buggy
+daemon. Analysed by hand: history/ holds 919 files for indexes 0 to 921;
+3, 7 and 11 are missing, so keys 4, 8 and 12 are derived from keys the
+source does not hold; history/key-19.json records a second index 18 (two
+racing rotators), so no genuine key 19 exists and key 20 is derived from a
+key the source does not hold; current.json equals key-921.json. hashes/
+and passwords/ belong to other features.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from torro import keygen, logs
+from torro.errors import StoreError
+from torro.material import KeyMaterial
+from torro.rotation import KeyRotationDaemon, RotationPolicy
+from torro.sealing import MasterKey, Sealer
+from torro.store import importer
+from torro.store.importer import ImportReport, import_directory
+from torro.store.keystore import (
+    CLOCK_SKEW_ALLOWANCE_MS,
+    KeyStore,
+    now_ms,
+)
+from torro.store.records import parse_record
+
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "node-keys"
+needs_fixture = pytest.mark.skipif(
+    not FIXTURE.is_dir(), reason="the Node.js fixture is not available"
+)
+
+# From the analysis above, not from running the importer.
+FIXTURE_MISSING = {3, 7, 11, 19}
+FIXTURE_IMPORTED = [i for i in range(922) if i not in FIXTURE_MISSING]
+FIXTURE_RETAINED = list(range(822, 922))
+FIXTURE_ARCHIVED = [i for i in FIXTURE_IMPORTED if i < 822]
+FIXTURE_SKIPPED = [(
+    "history/key-19.json",
+    "records index 18, not 19 (a second key 18, as racing rotators leave "
+    "behind); history/key-18.json keeps index 18",
+)]
+FIXTURE_DOUBTFUL = [
+    (4, "derived from key 3, which is not in the source"),
+    (8, "derived from key 7, which is not in the source"),
+    (12, "derived from key 11, which is not in the source"),
+    (18, "history/key-19.json also records index 18, with another key "
+         "(skipped)"),
+    (20, "derived from key 19, which is not in the source"),
+]
+
+T0 = 1_758_794_540_863
+NOW = T0 + 24 * 3600 * 1000
+SALT = hashlib.shake_256(b"pinned salt").digest(keygen.SALT_LENGTH)
+ENTROPY = hashlib.shake_256(b"pinned entropy").digest(32)
+
+
+class PinnedRandom:
+    """Random source that gives the fixed salt, then the fixed entropy."""
+
+    def __init__(self) -> None:
+        self.outputs = [SALT, ENTROPY]
+
+    def token_bytes(self, n: int) -> bytes:
+        output = self.outputs.pop(0)
+        assert len(output) == n, f"asked for {n}, pinned {len(output)}"
+        return output
+
+
+def make_store(
+    root: Path,
+    *,
+    max_history: int = 100,
+    sealer: Sealer | None = None,
+    clock: Callable[[], int] | None = None,
+) -> KeyStore:
+    return KeyStore(
+        root,
+        sealer or Sealer(MasterKey(os.urandom(32))),
+        max_history=max_history,
+        clock=clock or now_ms,
+    )
+
+
+def key_hex(label: str, length: int = 32) -> str:
+    """Return reproducible key hex that passes the entropy check."""
+    return hashlib.shake_256(label.encode()).digest(length).hex()
+
+
+def record(index: int, /, **fields: Any) -> dict[str, Any]:
+    """Return a source record of ``index``, one second after the last."""
+    document = {
+        "key": key_hex(f"key {index}"),
+        "index": index,
+        "timestamp": T0 + index * 1000,
+        "algorithm": "sha256",
+        "length": 32,
+        "derivedFrom": index - 1 if index else None,
+    }
+    document.update(fields)
+    return document
+
+
+def write_source(root: Path, files: dict[str, Any]) -> Path:
+    """Write a source directory; bytes as is, anything else as JSON."""
+    root.mkdir()
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not isinstance(content, bytes):
+            content = json.dumps(content, indent=2).encode()
+        path.write_bytes(content)
+    return root
+
+
+def baseline(**extra: Any) -> dict[str, Any]:
+    """Keys 0 and 1, with current.json a copy of key 1."""
+    files: dict[str, Any] = {
+        "history/key-0.json": record(0),
+        "history/key-1.json": record(1),
+        "current.json": record(1),
+    }
+    files.update(extra)
+    return files
+
+
+def tree_digest(root: Path) -> dict[str, tuple[int, str]]:
+    """Map every path under ``root`` to its mode and content hash."""
+    found = {}
+    for directory, names, file_names in os.walk(root):
+        for name in names + file_names:
+            path = Path(directory) / name
+            status = path.lstat()
+            digest = ""
+            if stat.S_ISREG(status.st_mode):
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            found[str(path.relative_to(root))] = (status.st_mode, digest)
+    return found
+
+
+def source_keys(root: Path) -> dict[str, str]:
+    """Map every record file of a source to the key hex it holds."""
+    keys = {}
+    for path in [root / "current.json", *(root / "history").iterdir()]:
+        document = json.loads(path.read_bytes())
+        keys[str(path.relative_to(root))] = document["key"]
+    return keys
+
+
+def report_text(report: ImportReport) -> str:
+    return repr(report) + json.dumps(dataclasses.asdict(report))
+
+
+# -- the fixture -----------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FixtureImport:
+    store: KeyStore
+    report: ImportReport
+    log_dir: Path
+    source_before: dict[str, tuple[int, str]]
+    source_after: dict[str, tuple[int, str]]
+
+
+@pytest.fixture(scope="module")
+def imported(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[FixtureImport]:
+    """Import the fixture once, with max_history 100, logging to files."""
+    if not FIXTURE.is_dir():
+        pytest.skip("the Node.js fixture is not available")
+    tmp = tmp_path_factory.mktemp("fixture-import")
+    log_dir = tmp / "logs"
+    store = make_store(tmp / "keys")
+    before = tree_digest(FIXTURE)
+    logs.configure_logging(log_dir, "debug")
+    try:
+        report = import_directory(FIXTURE, store)
+    finally:
+        _remove_log_handlers()
+    yield FixtureImport(store, report, log_dir, before, tree_digest(FIXTURE))
+
+
+def _remove_log_handlers() -> None:
+    for name, handlers in logs._installed.items():
+        logger = logging.getLogger(name)
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+    logs._installed.clear()
+
+
+@needs_fixture
+def test_fixture_report(imported: FixtureImport) -> None:
+    report = imported.report
+    assert report.imported == FIXTURE_IMPORTED
+    assert len(report.imported) == 918
+    assert report.archived == FIXTURE_ARCHIVED
+    assert len(report.archived) == len(report.imported) - 100 == 818
+    assert report.retained == FIXTURE_RETAINED
+    assert report.skipped == FIXTURE_SKIPPED
+    assert report.doubtful == FIXTURE_DOUBTFUL
+    assert report.ignored == ["hashes/", "passwords/"]
+    assert report.current_index == 921
+
+
+@needs_fixture
+def test_fixture_store_holds_the_retained_keys(
+    imported: FixtureImport,
+) -> None:
+    store = make_store(imported.store.root, sealer=imported.store.sealer)
+    assert store.verify() == []
+    store.load()
+    assert store.problem is None
+    assert sorted(store.records) == FIXTURE_RETAINED
+    assert store.current is not None and store.current.index == 921
+    assert store.next_index == 922
+    assert sorted(os.listdir(store.history_dir)) == sorted(
+        f"key-{index}.json" for index in FIXTURE_RETAINED
+    )
+    for index in (822, 900, 921):
+        source = json.loads(
+            (FIXTURE / "history" / f"key-{index}.json").read_bytes()
+        )
+        assert store.material(index).reveal_hex() == source["key"]
+        kept = store.records[index]
+        assert kept.sealed
+        assert kept.timestamp == source["timestamp"]
+        assert kept.derived_from == source["derivedFrom"]
+
+
+@needs_fixture
+def test_fixture_archive_opens_to_the_source_keys(
+    imported: FixtureImport,
+) -> None:
+    store = imported.store
+    names = sorted(os.listdir(store.archive_dir))
+    assert names == sorted(f"key-{i}.json" for i in FIXTURE_ARCHIVED)
+
+    previous = None
+    for index in FIXTURE_ARCHIVED:
+        archived = parse_record(
+            (store.archive_dir / f"key-{index}.json").read_bytes()
+        )
+        source = json.loads(
+            (FIXTURE / "history" / f"key-{index}.json").read_bytes()
+        )
+        assert archived.sealed
+        material = store.sealer.open(index, archived.key_text)
+        assert material.reveal_hex() == source["key"]
+        assert archived.index == index
+        assert archived.timestamp == source["timestamp"]
+        assert archived.derived_from == source["derivedFrom"]
+        assert archived.algorithm == source["algorithm"]
+        assert archived.length == source["length"]
+        assert archived.fingerprint == material.fingerprint
+        assert archived.fingerprint in store.retired_fingerprints
+        assert store.sealer.checksum_matches(
+            archived.checksum_payload(), archived.checksum
+        )
+        assert archived.previous_checksum == previous
+        previous = archived.checksum
+    # the retained chain continues the archived one
+    assert store.records[822].previous_checksum == previous
+    assert len(store.retired_fingerprints) == 818
+
+
+@needs_fixture
+def test_fixture_keeps_racing_and_doubtful_records_exactly(
+    imported: FixtureImport,
+) -> None:
+    store = imported.store
+    key_18 = json.loads((FIXTURE / "history/key-18.json").read_bytes())
+    archived = parse_record((store.archive_dir / "key-18.json").read_bytes())
+    assert archived.timestamp == key_18["timestamp"]
+    opened = store.sealer.open(18, archived.key_text)
+    assert opened.reveal_hex() == key_18["key"]
+    for index, derived_from in ((4, 3), (20, 19)):
+        archived = parse_record(
+            (store.archive_dir / f"key-{index}.json").read_bytes()
+        )
+        assert archived.derived_from == derived_from
+
+
+@needs_fixture
+def test_fixture_rotation_continues_the_chain(
+    imported: FixtureImport, tmp_path: Path
+) -> None:
+    root = tmp_path / "keys"
+    shutil.copytree(imported.store.root, root)
+    store = make_store(root, sealer=imported.store.sealer)
+    daemon = KeyRotationDaemon(
+        store,
+        RotationPolicy(rotation_interval_ms=3_600_000,
+                       derivation_rounds=1000),
+        random=PinnedRandom(),
+    )
+
+    rotation = daemon.rotate(force=True)
+
+    assert rotation is not None
+    assert rotation.record.index == 922
+    assert rotation.record.derived_from == 921
+    current = json.loads((FIXTURE / "current.json").read_bytes())
+    previous = KeyMaterial.from_hex(current["key"])
+    expected = keygen.derive_next_key(
+        previous, algorithm="sha256", rounds=1000, length=32,
+        random=PinnedRandom(),
+    )
+    by_hand = hashlib.sha256(
+        hashlib.pbkdf2_hmac("sha256", previous.reveal(), SALT, 1000, 32)
+        + ENTROPY
+    ).digest()
+    assert expected.reveal() == by_hand
+    reloaded = make_store(root, sealer=store.sealer)
+    reloaded.load()
+    assert reloaded.current is not None
+    assert reloaded.current.index == 922
+    assert reloaded.current_material() == expected
+    assert reloaded.verify() == []
+    assert min(reloaded.records) == 823
+
+
+@needs_fixture
+def test_fixture_source_unchanged(imported: FixtureImport) -> None:
+    assert imported.source_after == imported.source_before
+    assert len(imported.source_before) == 925
+
+
+@needs_fixture
+def test_fixture_no_key_material_in_report_or_logs(
+    imported: FixtureImport,
+) -> None:
+    keys = source_keys(FIXTURE)
+    assert len(keys) == 920
+    text = report_text(imported.report)
+    log_text = {
+        path.name: path.read_text()
+        for path in imported.log_dir.iterdir()
+    }
+    assert set(log_text) == set(logs.CHANNEL_FILES.values())
+    for key in keys.values():
+        assert key not in text
+        for content in log_text.values():
+            assert key not in content
+            assert key.upper() not in content
+
+
+@needs_fixture
+def test_fixture_security_log_lines(imported: FixtureImport) -> None:
+    lines = (imported.log_dir / "security.log").read_text().splitlines()
+    warnings = [line for line in lines if " WARN " in line]
+    assert len(warnings) == 1
+    assert warnings[0].endswith(
+        "import: skipped history/key-19.json: " + FIXTURE_SKIPPED[0][1]
+    )
+    summary = [line for line in lines if " imported " in line]
+    assert len(summary) == 1
+    assert summary[0].endswith(
+        f"imported {FIXTURE} into {imported.store.root}: imported 918 "
+        "(retained 100, archived 818), skipped 1, doubtful 5, current "
+        "index 921"
+    )
+    assert " INFO " in summary[0]
+
+
+@needs_fixture
+def test_fixture_with_long_retention_archives_nothing(
+    tmp_path: Path,
+) -> None:
+    store = make_store(tmp_path / "keys", max_history=1000)
+
+    report = import_directory(FIXTURE, store)
+
+    assert report.imported == FIXTURE_IMPORTED
+    assert report.archived == []
+    assert report.retained == FIXTURE_IMPORTED
+    assert report.skipped == FIXTURE_SKIPPED
+    assert report.doubtful == FIXTURE_DOUBTFUL
+    assert not store.archive_dir.exists()
+    assert sorted(store.records) == FIXTURE_IMPORTED
+    assert store.retired_fingerprints == set()
+    assert store.verify() == []
+
+
+# -- crafted sources: what is skipped, and why -------------------------------
+
+SKIP_CASES: dict[str, tuple[str, Any, str]] = {
+    "bad json": (
+        "history/key-2.json", b'{"key": ', "not valid JSON",
+    ),
+    "empty file": ("history/key-2.json", b"", "not valid JSON"),
+    "not utf-8": (
+        "history/key-2.json", b'{"key": "\xff\xfe"}', "not UTF-8 text",
+    ),
+    "not an object": ("history/key-2.json", [record(2)],
+                      "not a JSON object"),
+    "repeated field": (
+        "history/key-2.json",
+        json.dumps(record(2))[:-1].encode() + b', "index": 2}',
+        "field 'index' appears twice",
+    ),
+    "missing field": (
+        "history/key-2.json",
+        {k: v for k, v in record(2).items() if k != "derivedFrom"},
+        "field 'derivedFrom' is missing",
+    ),
+    "unexpected field": (
+        "history/key-2.json", record(2, comment="x"),
+        "unexpected field 'comment'",
+    ),
+    "unexpected field named like a key": (
+        "history/key-2.json", record(2, **{key_hex("extra"): 1}),
+        "unexpected field (a 64-character name, not shown)",
+    ),
+    "timestamp as string": (
+        "history/key-2.json", record(2, timestamp=str(T0 + 2000)),
+        "field 'timestamp' is not an integer",
+    ),
+    "length as float": (
+        "history/key-2.json", record(2, length=32.0),
+        "field 'length' is not an integer",
+    ),
+    "bool index": (
+        "history/key-2.json", record(2, index=True),
+        "field 'index' is not an integer",
+    ),
+    "bool derivedFrom": (
+        "history/key-2.json", record(2, derivedFrom=True),
+        "field 'derivedFrom' is not an integer or null",
+    ),
+    "uppercase hex": (
+        "history/key-2.json", record(2, key=key_hex("key 2").upper()),
+        "key is not lowercase hex (0-9a-f)",
+    ),
+    "short key": (
+        "history/key-2.json", record(2, key=key_hex("key 2")[:62]),
+        "key has 62 hex characters, expected 64 for a 32-byte key",
+    ),
+    "length too small": (
+        "history/key-2.json",
+        record(2, key=key_hex("key 2", 8), length=8),
+        "length 8 is outside 16 to 1024 bytes",
+    ),
+    "unknown algorithm": (
+        "history/key-2.json", record(2, algorithm="md5"),
+        "algorithm 'md5' is not one of sha256, sha384, sha512",
+    ),
+    "derived from a later key": (
+        "history/key-2.json", record(2, derivedFrom=2),
+        "derivedFrom 2 is not an index below 2",
+    ),
+    "negative timestamp": (
+        "history/key-2.json", record(2, timestamp=-1),
+        "timestamp -1 is negative",
+    ),
+    "timestamp going backwards": (
+        "history/key-2.json", record(2, timestamp=T0 + 1000 - 5),
+        "dated 5 ms before history/key-1.json (key 1), the trusted record "
+        "before it",
+    ),
+    "future timestamp": (
+        "history/key-2.json",
+        record(2, timestamp=NOW + CLOCK_SKEW_ALLOWANCE_MS + 3_600_000),
+        "dated 3900 s in the future, beyond the 300 s allowed for clock "
+        "skew",
+    ),
+    "duplicate key": (
+        "history/key-2.json", record(2, key=key_hex("key 0")),
+        "holds the same key as history/key-0.json, imported before it",
+    ),
+    "all zeros": (
+        "history/key-2.json", record(2, key="00" * 32),
+        "key looks degenerate: byte entropy 0.00 bits is below 3.50",
+    ),
+    "counting bytes": (
+        "history/key-2.json", record(2, key=bytes(range(32)).hex()),
+        "key looks degenerate: difference entropy 0.00 bits is below 3.47",
+    ),
+    "file name mismatch": (
+        "history/key-2.json", record(5),
+        "records index 5, not 2 (renamed or misplaced); no trusted record "
+        "of index 5 was imported",
+    ),
+    "not a record name": (
+        "history/key-02.json", record(2),
+        "not a key record name (key-N.json)",
+    ),
+    "temporary file": (
+        "history/.key-2.json.tmp", record(2),
+        "not a key record name (key-N.json)",
+    ),
+    "too large": (
+        "history/key-2.json", b" " * (importer.MAX_RECORD_SIZE + 1),
+        f"{importer.MAX_RECORD_SIZE + 1} bytes, too large for a key record "
+        f"(at most {importer.MAX_RECORD_SIZE})",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SKIP_CASES))
+def test_skip_reason(case: str, tmp_path: Path) -> None:
+    name, content, reason = SKIP_CASES[case]
+    files = baseline(**{name: content})
+    source = write_source(tmp_path / "node", files)
+    store = make_store(tmp_path / "keys", clock=lambda: NOW)
+
+    report = import_directory(source, store)
+
+    assert report.skipped == [(name, reason)]
+    assert report.imported == [0, 1]
+    assert report.current_index == 1
+    assert report.doubtful == []
+    assert store.verify() == []
+    text = report_text(report)
+    for key in source_keys_of(files):
+        assert key not in text
+
+
+def source_keys_of(files: dict[str, Any]) -> list[str]:
+    keys = []
+    for content in files.values():
+        if isinstance(content, dict) and isinstance(content["key"], str):
+            keys.append(content["key"])
+            keys.extend(k for k in content if len(k) == 64)
+    return keys
+
+
+def test_bool_index_is_not_index_one(tmp_path: Path) -> None:
+    # true == 1 in Python; a record must not pass as key 1 with it
+    source = write_source(tmp_path / "node", baseline(**{
+        "history/key-1.json": record(1, index=True),
+        "current.json": record(0),
+    }))
+
+    report = import_directory(source, make_store(tmp_path / "keys"))
+
+    assert report.skipped == [
+        ("history/key-1.json", "field 'index' is not an integer"),
+    ]
+    assert report.imported == [0]
+    assert report.doubtful == []
+
+
+def test_unreadable_record_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = write_source(tmp_path / "node", baseline(**{
+        "history/key-2.json": record(2),
+    }))
+    locked = source / "history" / "key-2.json"
+
+    def deny(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied")
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(importer, "open", deny, raising=False)
+    report = import_directory(source, make_store(tmp_path / "keys"))
+
+    assert report.skipped == [(
+        "history/key-2.json",
+        "cannot be read (Permission denied); check its owner and mode",
+    )]
+    assert report.imported == [0, 1]
+
+
+def test_folders_sorted_out(tmp_path: Path) -> None:
+    source = write_source(tmp_path / "node", baseline(**{
+        "history/old/key-2.json": record(2),
+        "hashes/current.json": {"hash": "00"},
+        "passwords/admin.json": {"hash": "00"},
+        "notes.txt": b"kept by hand\n",
+    }))
+    (source / "history" / "key-3.json").mkdir()
+
+    report = import_directory(source, make_store(tmp_path / "keys"))
+
+    assert report.ignored == ["hashes/", "notes.txt", "passwords/"]
+    assert report.skipped == [
+        ("history/key-3.json/", "a folder, not a key record"),
+        ("history/old/", "a folder, not a key record"),
+    ]
+    assert report.imported == [0, 1]
+
+
+def test_second_record_of_an_index(tmp_path: Path) -> None:
+    racing = record(1, key=key_hex("racing 1"), timestamp=T0 + 1002)
+    source = write_source(tmp_path / "node", baseline(**{
+        "history/key-2.json": racing,
+        "history/key-3.json": record(3),
+    }))
+
+    report = import_directory(source, make_store(tmp_path / "keys"))
+
+    assert report.imported == [0, 1, 3]
+    assert report.skipped == [(
+        "history/key-2.json",
+        "records index 1, not 2 (a second key 1, as racing rotators leave "
+        "behind); history/key-1.json keeps index 1",
+    )]
+    assert report.doubtful == [
+        (1, "history/key-2.json also records index 1, with another key "
+            "(skipped)"),
+        (3, "current.json names key 1 as current; this newest record "
+            "becomes current"),
+        (3, "derived from key 2, which is not in the source"),
+    ]
+    assert report.current_index == 3
+
+
+def test_derived_from_a_skipped_record(tmp_path: Path) -> None:
+    source = write_source(tmp_path / "node", baseline(**{
+        "history/key-1.json": record(1, key="00" * 32),
+        "history/key-2.json": record(2),
+        "current.json": record(2),
+    }))
+
+    report = import_directory(source, make_store(tmp_path / "keys"))
+
+    assert report.imported == [0, 2]
+    assert report.skipped == [(
+        "history/key-1.json",
+        "key looks degenerate: byte entropy 0.00 bits is below 3.50",
+    )]
+    assert report.doubtful == [
+        (2, "derived from key 1, whose record was skipped"),
+    ]
+
+
+def test_without_validation_degenerate_and_repeated_keys_import(
+    tmp_path: Path,
+) -> None:
+    source = write_source(tmp_path / "node", baseline(**{
+        "history/key-1.json": record(1, key="00" * 32),
+        "history/key-2.json": record(2, key=key_hex("key 0")),
+        "current.json": record(2, key=key_hex("key 0")),
+    }))
+    store = make_store(tmp_path / "keys")
+
+    report = import_directory(source, store, validate=False)
+
+    assert report.imported == [0, 1, 2]
+    assert report.skipped == []
+    assert store.material(1).reveal() == bytes(32)
+
+
+# -- current.json ------------------------------------------------------------
+
+
+def test_current_json_naming_an_older_key(tmp_path: Path) -> None:
+    source = write_source(tmp_path / "node", baseline(**{
+        "current.json": record(0),
+    }))
+
+    report = import_directory(source, make_store(tmp_path / "keys"))
+
+    assert report.imported == [0, 1]
+    assert report.skipped == []
+    assert report.doubtful == [(
+        1, "current.json names key 0 as current; this newest record "
+           "becomes current",
+    )]
+    assert report.current_index == 1
+
+
+def test_current_json_with_another_key(tmp_path: Path) -> None:
+    source = write_source(tmp_path / "node", baseline(**{
+        "current.json": record(1, key=key_hex("other 1")),
+    }))
+    store = make_store(tmp_path / "keys")
+
+    report = import_directory(source, store)
+
+    assert report.imported == [0, 1]
+    assert report.skipped == [(
+        "current.json",
+        "records index 1 with another key or other fields than "
+        "history/key-1.json, which is imported; key 1 becomes current",
+    )]
+    assert report.doubtful == [(
+        1, "current.json records this index with another key or other "
+           "fields (skipped)",
+    )]
+    assert store.current_material().reveal_hex() == key_hex("key 1")
+
+
+def test_current_json_only_record_of_the_newest_key(tmp_path: Path) -> None:
+    source = write_source(tmp_path / "node", baseline(**{
+        "current.json": record(2),
+    }))
+    store = make_store(tmp_path / "keys")
+
+    report = import_directory(source, store)
+
+    assert report.imported == [0, 1, 2]
+    assert report.skipped == []
+    assert report.doubtful == [(2, "only in current.json, not in history/")]
+    assert report.current_index == 2
+    assert store.current_material().reveal_hex() == key_hex("key 2")
+
+
+def test_current_json_replaces_a_skipped_history_record(
+    tmp_path: Path,
+) -> None:
+    source = write_source(tmp_path / "node", baseline(**{
+        "history/key-1.json": b"{",
+    }))
+
+    report = import_directory(source, make_store(tmp_path / "keys"))
+
+    assert report.imported == [0, 1]
+    assert report.skipped == [("history/key-1.json", "not valid JSON")]
+    assert report.doubtful == [(
+        1, "imported from current.json: history/key-1.json was skipped",
+    )]
+
+
+def test_current_json_copy_of_a_skipped_record(tmp_path: Path) -> None:
+    bad = record(1, algorithm="md5")
+    source = write_source(tmp_path / "node", baseline(**{
+        "history/key-1.json": bad,
+        "current.json": bad,
+    }))
+
+    report = import_directory(source, make_store(tmp_path / "keys"))
+
+    assert report.imported == [0]
+    assert report.skipped == [
+        ("history/key-1.json",
+         "algorithm 'md5' is not one of sha256, sha384, sha512"),
+        ("current.json",
+         "the same record as history/key-1.json, skipped for the same "
+         "reason; key 0 becomes current"),
+    ]
+    assert report.doubtful == []
+
+
+def test_current_json_unreadable(tmp_path: Path) -> None:
+    source = write_source(tmp_path / "node", baseline(**{
+        "current.json": b"not json",
+    }))
+
+    report = import_directory(source, make_store(tmp_path / "keys"))
+
+    assert report.skipped == [
+        ("current.json", "not valid JSON; key 1 becomes current"),
+    ]
+    assert report.doubtful == []
+
+
+def test_no_current_json(tmp_path: Path) -> None:
+    files = baseline()
+    del files["current.json"]
+    source = write_source(tmp_path / "node", files)
+
+    report = import_directory(source, make_store(tmp_path / "keys"))
+
+    assert report.imported == [0, 1]
+    assert report.doubtful == [(
+        1, "the source has no current.json; this newest record becomes "
+           "current",
+    )]
+
+
+# -- the store and the source ------------------------------------------------
+
+
+def test_retention_sends_older_keys_to_the_archive(tmp_path: Path) -> None:
+    files = {f"history/key-{i}.json": record(i) for i in range(5)}
+    files["current.json"] = record(4)
+    source = write_source(tmp_path / "node", files)
+    store = make_store(tmp_path / "keys", max_history=2)
+
+    report = import_directory(source, store)
+
+    assert report.imported == [0, 1, 2, 3, 4]
+    assert report.archived == [0, 1, 2]
+    assert sorted(store.records) == [3, 4]
+    assert sorted(os.listdir(store.archive_dir)) == [
+        "key-0.json", "key-1.json", "key-2.json",
+    ]
+    assert store.retired_fingerprints == {
+        KeyMaterial.from_hex(key_hex(f"key {i}")).fingerprint
+        for i in range(3)
+    }
+    reloaded = make_store(store.root, sealer=store.sealer, max_history=2)
+    assert reloaded.verify() == []
+
+
+def test_history_outside_the_store(tmp_path: Path) -> None:
+    # KEY_HISTORY_PATH apart from KEY_STORAGE_PATH, neither created yet
+    source = write_source(tmp_path / "node", baseline())
+    sealer = Sealer(MasterKey(os.urandom(32)))
+    store = KeyStore(
+        tmp_path / "keys", sealer, history_dir=tmp_path / "history",
+    )
+
+    report = import_directory(source, store)
+
+    assert report.imported == [0, 1]
+    assert sorted(os.listdir(tmp_path / "history")) == [
+        "key-0.json", "key-1.json",
+    ]
+    assert sorted(os.listdir(tmp_path)) == ["history", "keys", "node"]
+    reloaded = KeyStore(
+        tmp_path / "keys", sealer, history_dir=tmp_path / "history",
+    )
+    assert reloaded.verify() == []
+
+
+def test_non_empty_store_refused(tmp_path: Path) -> None:
+    source = write_source(tmp_path / "node", baseline())
+    store = make_store(tmp_path / "keys")
+    import_directory(source, store)
+    before = tree_digest(store.root)
+
+    with pytest.raises(StoreError) as raised:
+        import_directory(source, make_store(store.root, sealer=store.sealer))
+
+    message = str(raised.value)
+    assert message == (
+        f"the key store {store.root} already holds keys: point "
+        "KEY_STORAGE_PATH at a new directory (or move the store away) "
+        "before importing; nothing was changed"
+    )
+    assert "\n" not in message
+    assert tree_digest(store.root) == before
+
+
+def test_store_filled_while_importing_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # another process imports first: the check under the lock sees it
+    source = write_source(tmp_path / "node", baseline())
+    first = make_store(tmp_path / "keys")
+    import_directory(source, first)
+    before = tree_digest(first.root)
+    late = make_store(first.root, sealer=first.sealer)
+    answers = iter([True])
+    real = late.is_empty
+    monkeypatch.setattr(late, "is_empty", lambda: next(answers, real()))
+
+    with pytest.raises(StoreError, match="already holds keys"):
+        import_directory(source, late)
+    # taking the lock creates the lock file; nothing else changes
+    after = tree_digest(first.root)
+    after.pop(".lock")
+    before.pop(".lock", None)
+    assert after == before
+
+
+def test_source_unchanged(tmp_path: Path) -> None:
+    source = write_source(tmp_path / "node", baseline(**{
+        "history/key-2.json": b"{",
+        "hashes/current.json": {"hash": "00"},
+    }))
+    before = tree_digest(source)
+    stamps = {p: p.stat().st_mtime_ns for p in source.rglob("*")}
+
+    import_directory(source, make_store(tmp_path / "keys"))
+
+    assert tree_digest(source) == before
+    assert {p: p.stat().st_mtime_ns for p in source.rglob("*")} == stamps
+
+
+def test_source_not_a_directory(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    path.write_bytes(b"")
+    store = make_store(tmp_path / "keys")
+
+    with pytest.raises(StoreError, match=f"^{path} is not a directory"):
+        import_directory(path, store)
+    assert not store.root.exists()
+
+
+def test_source_without_records(tmp_path: Path) -> None:
+    source = write_source(tmp_path / "node", {"hashes/x.json": {}})
+    store = make_store(tmp_path / "keys")
+
+    with pytest.raises(
+        StoreError, match=f"^{source} holds neither current.json nor history/"
+    ):
+        import_directory(source, store)
+    assert not store.root.exists()
+
+
+def test_source_with_no_trusted_record(tmp_path: Path) -> None:
+    source = write_source(tmp_path / "node", {
+        "history/key-0.json": b"{",
+        "current.json": b"{",
+    })
+    store = make_store(tmp_path / "keys")
+
+    with pytest.raises(StoreError) as raised:
+        import_directory(source, store)
+
+    assert str(raised.value) == (
+        f"no record in {source} can be imported (2 skipped, see the "
+        "security log): nothing was written"
+    )
+    assert not store.root.exists()
