@@ -233,6 +233,9 @@ class KeyRotationDaemon:
         runs as usual.
         """
         try:
+            # One reading of the daemon's clock judges both the skew and
+            # the schedule; the store's clock may be another.
+            now = self.clock() if now is None else now
             self.store.refresh()
             self._notice_change()
             if self.store.problem is not None:

@@ -61,6 +61,9 @@ from torro.store.records import (
 CLOCK_SKEW_ALLOWANCE_MS = 5 * 60 * 1000
 LOCK_TIMEOUT = 30.0
 HISTORY_FORMAT = 1
+# Reads of a store that another process keeps writing, before giving up
+# on a still view (the next refresh reads again).
+READ_ATTEMPTS = 3
 
 _RECORD_NAME = re.compile(r"key-(0|[1-9][0-9]*)\.json")
 
@@ -165,7 +168,14 @@ class KeyStore:
         and rotation refuses to run while it is set.
         """
         self._complete_swaps()
-        found = self._read()
+        # Without the lock, another process may rotate while this one
+        # reads: read again until current.json and history.json held
+        # still, so that half of one rotation is never judged a problem.
+        for _ in range(READ_ATTEMPTS):
+            signature = self._head_signature()
+            found = self._read()
+            if self._head_signature() == signature:
+                break
         self.records = found.records
         self.current = found.current
         self.next_index = found.next_index
@@ -177,7 +187,7 @@ class KeyStore:
         self._current_material = None
         self._loaded = True
         self._stale = False
-        self._signature = self._head_signature()
+        self._signature = signature
         if self.problem is not None:
             security_log.error(
                 "key store integrity check failed: %s", self.problem
@@ -297,7 +307,8 @@ class KeyStore:
         time is inside it. The store is read again only when another
         process may have changed it since this one last looked.
         """
-        files.ensure_directory(self.root)
+        # A swap cut short leaves no root, only its staging directory:
+        # completed first, or an empty root would hide it.
         self._complete_swaps()
         files.ensure_directory(self.root)
         with self._lock.hold(timeout):
@@ -328,6 +339,8 @@ class KeyStore:
             files.sync_directory(self.history_dir)
         if self.current is not None:
             self._refresh_backup()
+        found.repairs.clear()
+        found.leftovers.clear()
         self._signature = self._head_signature()
 
     def build_record(
@@ -373,7 +386,10 @@ class KeyStore:
 
         Writes the record, then history.json and current.json, then the
         backup (not flushed: see :meth:`recover`), then removes the keys
-        beyond retention.
+        beyond retention. A write that fails before current.json names the
+        record is undone and raises :class:`StoreError`; once it names
+        it, the rotation has happened, and a failure of the backup or of
+        a removal is only logged, for the next writer to complete.
 
         :returns: the indexes removed by retention.
         """
@@ -404,13 +420,25 @@ class KeyStore:
         self._stale = True
         files.ensure_directory(self.history_dir)
         record_path = self.history_dir / record.file_name
-        files.write_file(record_path, record_bytes)
-        staged = files.stage_file(self.history_path, history)
-        files.sync_directory(self.history_dir)
-        files.install_file(staged, self.history_path)
-        files.link_file(record_path, self.current_path)
-        files.sync_directory(self.root)
+        staged: Path | None = None
+        history_written = False
+        try:
+            files.write_file(record_path, record_bytes)
+            staged = files.stage_file(self.history_path, history)
+            files.sync_directory(self.history_dir)
+            files.install_file(staged, self.history_path)
+            history_written = True
+            files.link_file(record_path, self.current_path)
+        except StoreError:
+            # Until current.json names the record, a failed write leaves
+            # the store as it was, so "nothing was changed" holds.
+            self._undo_commit(record_path, staged, history_written)
+            raise
 
+        # The rotation has happened: what fails from here on is written
+        # again, or removed, by the next writer.
+        with self._warn_on_error("flush", self.root):
+            files.sync_directory(self.root)
         self.records = records
         self.current = record
         self.next_index = record.index + 1
@@ -418,14 +446,50 @@ class KeyStore:
         self._seen.add(record.fingerprint)
         self._current_material = material
         self._stale = False
-        self._write_backup(record_bytes, history, durable=False)
+        with self._warn_on_error("back up", self.backup_dir):
+            self._write_backup(record_bytes, history, durable=False)
         for index in pruned:
             path = self.history_dir / f"key-{index}.json"
-            files.destroy_file(path)
-            log.info("removed key %d, beyond retention of %d keys",
-                     index, self.max_history)
+            with self._warn_on_error("remove", path):
+                files.destroy_file(path)
+                log.info("removed key %d, beyond retention of %d keys",
+                         index, self.max_history)
         self._signature = self._head_signature()
         return pruned
+
+    def _undo_commit(
+        self, record_path: Path, staged: Path | None, history_written: bool
+    ) -> None:
+        # history.json first, so that nothing ever names a missing record.
+        try:
+            if staged is not None and not history_written:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(staged)
+            if history_written:
+                if self.current is None:
+                    os.unlink(self.history_path)
+                else:
+                    files.write_file(self.history_path, self._history_bytes(
+                        self.records, self.current.index, self.next_index,
+                        self.retired_fingerprints,
+                    ))
+                files.sync_directory(self.root)
+            files.destroy_file(record_path)
+        except (StoreError, OSError) as exc:
+            system_log.error(
+                "could not undo the failed rotation (%s): the next writer "
+                "completes it", exc,
+            )
+
+    @contextlib.contextmanager
+    def _warn_on_error(self, action: str, path: Path) -> Iterator[None]:
+        try:
+            yield
+        except StoreError as exc:
+            system_log.warning(
+                "rotated, but could not %s %s: %s; the next writer does it",
+                action, path, exc,
+            )
 
     def restore_backup(self) -> KeyRecord:
         """Put backup/current.json and backup/history.json back in place.
@@ -681,9 +745,18 @@ class KeyStore:
             except IntegrityError as exc:
                 found.problems.append(exc)
 
+        # Below the oldest key history.json lists, a record is a leftover
+        # of an interrupted removal, maybe already zeroed: never read.
+        floor = min(history["keys"]) if history is not None else None
         previous: KeyRecord | None = None
         for index in sorted(paths):
             path = str(paths[index])
+            if floor is not None and index < floor:
+                found.leftovers.append(index)
+                continue
+            if previous is not None and previous.index != index - 1:
+                # A gap: history.json names the missing record.
+                previous = None
             try:
                 data = files.read_file(paths[index])
                 if data is None:
@@ -740,55 +813,81 @@ class KeyStore:
         found.next_index = history["nextIndex"]
         found.retired = set(history["retiredFingerprints"])
         records = found.records
-        lowest = min(listed)
+        on_disk = set(records)
         bad_paths = {problem.path for problem in found.problems}
+        missing = [
+            index for index in sorted(listed)
+            if index not in on_disk
+            and str(self.history_dir / f"key-{index}.json") not in bad_paths
+        ]
 
-        for index, checksum in sorted(listed.items()):
-            path = str(self.history_dir / f"key-{index}.json")
-            record = records.get(index)
-            if record is None and path not in bad_paths:
-                found.problems.append(IntegrityError(
-                    path, "missing; history.json lists it",
-                    "run torro keys restore, or torro keys verify",
-                ))
-            elif record is not None and checks \
-                    and record.checksum != checksum:
-                found.problems.append(IntegrityError(
-                    path,
-                    "is not the record history.json lists (replaced or "
-                    "replayed)",
-                    "run torro keys verify",
-                ))
-
-        # Records history.json does not list: below the oldest retained key
-        # they are leftovers of an interrupted removal; the one at the next
-        # index, chained to the current key, is an interrupted rotation.
-        for index in sorted(set(records) - set(listed)):
+        # Records history.json does not list (leftovers below it are
+        # already set aside): the one at the next index, chained to the
+        # current key, is an interrupted rotation; later ones that chain
+        # on mean history.json is older than the records.
+        newer = []
+        for index in sorted(on_disk - set(listed)):
             record = records.pop(index)
-            if index < lowest:
-                found.leftovers.append(index)
-            elif index == found.next_index \
+            if index == found.next_index \
                     and record.previous_checksum == listed[head]:
                 found.pending = record
+            elif index > found.next_index and index - 1 in on_disk:
+                newer.append(index)
             else:
                 found.problems.append(IntegrityError(
                     str(self.history_dir / record.file_name),
                     "not listed in history.json",
                     "run torro keys verify",
                 ))
+        older = None
+        if newer:
+            older = f"does not list key {newer[-1]}"
+        elif missing and found.pending is not None:
+            older = (
+                f"lists key {missing[0]}, which is gone, and not key "
+                f"{found.pending.index}"
+            )
+        if older is not None:
+            found.problems.append(IntegrityError(
+                str(self.history_path),
+                f"{older} (an older copy of history.json)",
+                "run torro keys restore",
+            ))
+            return
         if found.leftovers:
             found.repairs.append("remove keys beyond retention")
 
+        for index in missing:
+            found.problems.append(IntegrityError(
+                str(self.history_dir / f"key-{index}.json"),
+                "missing; history.json lists it",
+                "run torro keys restore, or torro keys verify",
+            ))
+        for index, checksum in sorted(listed.items()):
+            record = records.get(index)
+            if record is not None and checks \
+                    and record.checksum != checksum:
+                found.problems.append(IntegrityError(
+                    str(self.history_dir / record.file_name),
+                    "is not the record history.json lists (replaced or "
+                    "replayed)",
+                    "run torro keys verify",
+                ))
+
         newest = found.pending or records.get(head)
         current = found.current
-        if newest is None or current is None:
+        if current is None and newest is not None and not found.problems \
+                and newest.previous_checksum is None:
+            # The first rotation of a chain stopped before current.json.
+            found.stale_current = True
+        elif newest is None or current is None:
             if not found.problems:
                 found.problems.append(IntegrityError(
                     str(self.current_path), "missing or unreadable",
                     "run torro keys restore",
                 ))
             return
-        if current.checksum == newest.checksum:
+        elif current.checksum == newest.checksum:
             found.stale_history = found.pending is not None
         elif newest.previous_checksum == current.checksum or (
             found.pending is not None
@@ -952,6 +1051,11 @@ class KeyStore:
     def _finish_commit(self, found: _Loaded) -> None:
         current = found.current
         assert current is not None
+        # The rotation that wrote an adopted record would have pruned.
+        for index in _beyond_retention(self.records, self.max_history):
+            record = self.records.pop(index)
+            self.retired_fingerprints.add(record.fingerprint)
+            found.leftovers.append(index)
         history = self._history_bytes(
             self.records, current.index, self.next_index,
             self.retired_fingerprints,
@@ -998,20 +1102,21 @@ class KeyStore:
         system_log.info("refreshed the backup in %s", self.backup_dir)
 
     def _check_backup(self) -> list[IntegrityError]:
-        current = files.read_file(self.current_path)
-        backup = files.read_file(self.backup_dir / "current.json")
-        if backup is None:
-            return [IntegrityError(
-                self._backup_path("current.json"), "missing",
-                "the next rotation or start writes it again",
-            )]
-        if backup != current:
-            return [IntegrityError(
-                self._backup_path("current.json"),
-                "differs from current.json",
-                "the next start of the daemon writes it again",
-            )]
-        return []
+        problems = []
+        for original in (self.current_path, self.history_path):
+            name = original.name
+            backup = files.read_file(self.backup_dir / name)
+            if backup is None:
+                problems.append(IntegrityError(
+                    self._backup_path(name), "missing",
+                    "the next rotation or start writes it again",
+                ))
+            elif backup != files.read_file(original):
+                problems.append(IntegrityError(
+                    self._backup_path(name), f"differs from {name}",
+                    "the next start of the daemon writes it again",
+                ))
+        return problems
 
     def _staging_path(self, directory: Path) -> Path:
         return directory.with_name(directory.name + ".staging")
