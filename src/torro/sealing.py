@@ -17,6 +17,7 @@ else to disk.
 """
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -151,9 +152,19 @@ def create_master_key_file(path: Path) -> MasterKey:
     """
     master = MasterKey(secrets.token_bytes(MASTER_KEY_LENGTH))
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Written under a temporary name, then linked into place: a failed
+    # write leaves no half-made key file, and an existing one is kept.
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     try:
-        fd = os.open(path, flags, 0o400)
+        fd = os.open(temp, flags, 0o400)
+        try:
+            os.fchmod(fd, 0o400)
+            os.write(fd, master.reveal().hex().encode("ascii") + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(temp, path)
     except FileExistsError:
         raise MasterKeyError(
             f"master key file {path} appeared while creating it: start again"
@@ -163,12 +174,9 @@ def create_master_key_file(path: Path) -> MasterKey:
             f"cannot create master key file {path}: {exc.strerror}; set "
             "KEY_DAEMON_MASTER_KEY_FILE to a writable location"
         ) from None
-    try:
-        os.fchmod(fd, 0o400)
-        os.write(fd, master.reveal().hex().encode("ascii") + b"\n")
-        os.fsync(fd)
     finally:
-        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

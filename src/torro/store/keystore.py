@@ -304,17 +304,17 @@ class KeyStore:
         """Hold the store lock, with the store reloaded and repaired.
 
         Every write happens inside this block, and only one process at a
-        time is inside it. The store is read again only when another
-        process may have changed it since this one last looked.
+        time is inside it. The store is read again in full, so that what
+        another process wrote, or damaged, since this one last looked is
+        never written over.
         """
         # A swap cut short leaves no root, only its staging directory:
         # completed first, or an empty root would hide it.
         self._complete_swaps()
         files.ensure_directory(self.root)
         with self._lock.hold(timeout):
-            if self.changed_on_disk():
-                self.load()
-                self.recover()
+            self.load()
+            self.recover()
             yield
 
     def recover(self) -> None:
@@ -586,9 +586,9 @@ class KeyStore:
             # an empty store may have no history directory yet
             files.ensure_directory(self.history_dir)
             os.rename(self.history_dir, old.with_name(old.name + "-history"))
-            os.rename(history_staging, self.history_dir)
+            _finish_swap(history_staging, self.history_dir)
         os.rename(self.root, old)
-        os.rename(staging, self.root)
+        _finish_swap(staging, self.root)
         files.sync_directory(self.root.parent)
         if replaced is None:
             _destroy_tree(old)
@@ -769,8 +769,10 @@ class KeyStore:
                         f"{record.master_key_id})",
                         "run torro keys verify",
                     )
+                # A record's own checksum is always verified: any record may
+                # become current by adoption.
+                self._verify_record(path, record)
                 if checks:
-                    self._verify_record(path, record)
                     _check_link(path, record, previous)
             except IntegrityError as exc:
                 found.problems.append(exc)
@@ -1158,6 +1160,17 @@ def store_is_empty(root: Path, history_dir: Path | None = None) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return True
     return not any(_RECORD_NAME.fullmatch(name) for name in entries)
+
+
+def _finish_swap(staging: Path, target: Path) -> None:
+    # A reader that found the target gone may have completed the swap.
+    try:
+        os.rename(staging, target)
+    except FileNotFoundError:
+        if not target.is_dir():
+            raise StoreError(
+                f"{staging} vanished while it was renamed to {target}"
+            ) from None
 
 
 def _by_index(record: KeyRecord) -> int:
