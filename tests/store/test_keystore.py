@@ -1056,7 +1056,7 @@ def test_load_is_not_fooled_by_a_rotation_during_the_read(
     writer = open_store(root, master, clock, max_history=3)
     rotate(writer, clock, 4)
     reader = open_store(root, master, clock, max_history=3)
-    list_records: Callable[[], dict[int, Path]] = reader._record_files
+    list_records: Callable[[], dict[int, Path]] = reader.layout.record_files
     calls = 0
 
     def rotate_then_list() -> dict[int, Path]:
@@ -1066,7 +1066,7 @@ def test_load_is_not_fooled_by_a_rotation_during_the_read(
             rotate(writer, clock)
         return list_records()
 
-    monkeypatch.setattr(reader, "_record_files", rotate_then_list)
+    monkeypatch.setattr(reader.layout, "record_files", rotate_then_list)
 
     reader.load()
 

@@ -4,12 +4,8 @@ from collections.abc import Callable
 
 from torro.config import Settings
 from torro.sealing import Sealer, resolve_master_key
-from torro.store.keystore import (
-    KeyStore,
-    NewChainEntry,
-    now_ms,
-    store_is_empty,
-)
+from torro.store.keystore import KeyStore, NewChainEntry, now_ms
+from torro.store.layout import store_is_empty
 from torro.store.records import KeyRecord, KeyState
 
 

@@ -1,14 +1,10 @@
 """The key store: one key ring on disk, in the documented layout.
 
-::
-
-    keys/
-      .lock                 held by whoever writes (flock)
-      current.json          the current key's record
-      history.json          metadata of every retained key, no key material
-      history/key-N.json    one record per retained key
-      backup/               copies of current.json and history.json
-      archive/              records kept on disk but never loaded
+:class:`KeyStore` is the only writer of a key store (see torro.store.layout
+for where each file lives, and torro.store.reader for how a store is read
+and judged). It loads and verifies, repairs what a crash left behind,
+commits new keys, applies retention, keeps the backup, restores from it,
+and replaces the whole store for a reset or an import.
 
 Rules this module keeps (docs/storage.md explains them for operators):
 
@@ -32,7 +28,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -40,21 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from torro import logs
-from torro.errors import (
-    IntegrityError,
-    MasterKeyError,
-    StoreError,
-)
+from torro.errors import IntegrityError, StoreError
 from torro.material import KeyMaterial
-from torro.sealing import InvalidSeal, Sealer
+from torro.sealing import Sealer
 from torro.store import files
-from torro.store.records import (
-    KeyRecord,
-    KeyState,
-    RecordError,
-    canonical_json,
-    parse_record,
-)
+from torro.store.layout import StoreLayout
+from torro.store.reader import Snapshot, StoreReader
+from torro.store.records import KeyRecord, KeyState, canonical_json
 
 
 # A timestamp this far ahead of the clock is accepted, to allow for skew.
@@ -64,8 +51,6 @@ HISTORY_FORMAT = 1
 # Reads of a store that another process keeps writing, before giving up
 # on a still view (the next refresh reads again).
 READ_ATTEMPTS = 3
-
-_RECORD_NAME = re.compile(r"key-(0|[1-9][0-9]*)\.json")
 
 log = logging.getLogger(logs.ROTATION)
 security_log = logging.getLogger(logs.SECURITY)
@@ -85,22 +70,6 @@ class NewChainEntry:
     timestamp: int
     algorithm: str
     derived_from: int | None
-
-
-@dataclasses.dataclass
-class _Loaded:
-    """What one read of the store found, before any repair."""
-
-    records: dict[int, KeyRecord]
-    current: KeyRecord | None
-    next_index: int
-    retired: set[str]
-    problems: list[IntegrityError]
-    repairs: list[str]
-    pending: KeyRecord | None = None
-    stale_current: bool = False
-    stale_history: bool = False
-    leftovers: list[int] = dataclasses.field(default_factory=list)
 
 
 class KeyStore:
@@ -130,18 +99,20 @@ class KeyStore:
         integrity_check: bool = True,
         clock: Callable[[], int] = now_ms,
     ) -> None:
+        self.layout = StoreLayout(root, history_dir)
         self.root = root
-        self.history_dir = history_dir or root / "history"
-        self.current_path = root / "current.json"
-        self.history_path = root / "history.json"
-        self.backup_dir = root / "backup"
-        self.archive_dir = root / "archive"
+        self.history_dir = self.layout.history_dir
+        self.current_path = self.layout.current_path
+        self.history_path = self.layout.history_path
+        self.backup_dir = self.layout.backup_dir
+        self.archive_dir = self.layout.archive_dir
         self.sealer = sealer
+        self._reader = StoreReader(self.layout, sealer)
         self.encryption = encryption
         self.max_history = max_history
         self.integrity_check = integrity_check
         self.clock = clock
-        self._lock = files.FileLock(root / ".lock")
+        self._lock = files.FileLock(self.layout.lock_path)
 
         self.records: dict[int, KeyRecord] = {}
         self.current: KeyRecord | None = None
@@ -158,7 +129,7 @@ class KeyStore:
 
     def is_empty(self) -> bool:
         """Tell whether the store holds nothing of a key ring yet."""
-        return store_is_empty(self.root, self.history_dir)
+        return self.layout.is_empty()
 
     def load(self) -> None:
         """Read and verify the store without writing anything.
@@ -173,7 +144,7 @@ class KeyStore:
         # still, so that half of one rotation is never judged a problem.
         for _ in range(READ_ATTEMPTS):
             signature = self._head_signature()
-            found = self._read()
+            found = self._reader.read(self.integrity_check)
             if self._head_signature() == signature:
                 break
         self.records = found.records
@@ -232,7 +203,7 @@ class KeyStore:
                 f"{self.root} holds no key yet: run torro daemon rotate"
             )
         if self._current_material is None:
-            self._current_material = self._open(
+            self._current_material = self._reader.open_record(
                 self.current_path, self.current
             )
         return self._current_material
@@ -244,7 +215,7 @@ class KeyStore:
             raise StoreError(self.unknown_index_message(index))
         if self.current is not None and index == self.current.index:
             return self.current_material()
-        return self._open(self.history_dir / record.file_name, record)
+        return self._reader.open_record(self.history_dir / record.file_name, record)
 
     def unknown_index_message(self, index: int) -> str:
         if index < self.next_index and self.records:
@@ -281,12 +252,12 @@ class KeyStore:
         :returns: every problem found, the first bad record first.
         """
         self._complete_swaps()
-        found = self._read(force_checks=True)
+        found = self._reader.read(checks=True)
         problems = list(found.problems)
         for record in sorted(found.records.values(), key=_by_index):
             path = self.history_dir / record.file_name
             try:
-                material = self._open(path, record)
+                material = self._reader.open_record(path, record)
             except IntegrityError as exc:
                 problems.append(exc)
                 continue
@@ -506,11 +477,11 @@ class KeyStore:
                 "(current.json and history.json): nothing to restore"
             )
         backup_current = self._backup_path("current.json")
-        record = self._parse(backup_current, current_data, None)
-        self._check_master_key(backup_current, record)
-        self._verify_record(backup_current, record)
-        self._open(backup_current, record)
-        history = self._parse_history(
+        record = self._reader.parse(backup_current, current_data, None)
+        self._reader.check_master_key(backup_current, record)
+        self._reader.verify_record(backup_current, record)
+        self._reader.open_record(backup_current, record)
+        history = self._reader.parse_history(
             self._backup_path("history.json"), history_data
         )
         if history["current"] != record.index:
@@ -560,10 +531,10 @@ class KeyStore:
         self._require_lock()
         if not entries:
             raise StoreError("a new chain needs at least one key")
-        staging = self._staging_path(self.root)
+        staging = self.layout.staging_path(self.root)
         history_staging = None
-        if self._external_history:
-            history_staging = self._staging_path(self.history_dir)
+        if self.layout.external_history:
+            history_staging = self.layout.staging_path(self.history_dir)
         for path in (staging, history_staging):
             if path is not None and path.exists():
                 shutil.rmtree(path)
@@ -673,24 +644,9 @@ class KeyStore:
 
     def indexes_on_disk(self) -> list[int]:
         """Return the index of every record file, retained or archived."""
-        indexes = set(self._record_files())
-        indexes.update(self._record_files(self.archive_dir))
+        indexes = set(self.layout.record_files())
+        indexes.update(self.layout.record_files(self.archive_dir))
         return sorted(indexes)
-
-    def _record_files(self, directory: Path | None = None) -> dict[int, Path]:
-        directory = directory or self.history_dir
-        try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
-            return {}
-        except NotADirectoryError:
-            raise StoreError(f"{directory} is not a directory") from None
-        found = {}
-        for name in names:
-            match = _RECORD_NAME.fullmatch(name)
-            if match:
-                found[int(match.group(1))] = directory / name
-        return found
 
     def _head_signature(self) -> tuple[Any, ...]:
         signature = []
@@ -704,285 +660,6 @@ class KeyStore:
                     (stat.st_ino, stat.st_mtime_ns, stat.st_size)
                 )
         return tuple(signature)
-
-    def _read(self, force_checks: bool = False) -> _Loaded:
-        """Read the store and find its problems and needed repairs."""
-        checks = self.integrity_check or force_checks
-        found = _Loaded({}, None, 0, set(), [], [])
-        current_data = files.read_file(self.current_path)
-        history_data = files.read_file(self.history_path)
-        paths = self._record_files()
-
-        if current_data is None and history_data is None and not paths:
-            if self._has_backup():
-                found.problems.append(IntegrityError(
-                    str(self.current_path),
-                    "missing, with history.json and every record, while "
-                    "backup/ still holds a store",
-                    "run torro keys restore",
-                ))
-            return found
-
-        # The current record is opened first, so that a wrong master key
-        # stops everything before any other check or any write.
-        if current_data is not None:
-            path = str(self.current_path)
-            try:
-                current = self._parse(path, current_data, None)
-                self._check_master_key(path, current)
-                self._verify_record(path, current)
-                self._open(path, current)
-                found.current = current
-            except IntegrityError as exc:
-                found.problems.append(exc)
-
-        history = None
-        if history_data is not None:
-            try:
-                history = self._parse_history(
-                    str(self.history_path), history_data
-                )
-            except IntegrityError as exc:
-                found.problems.append(exc)
-
-        # Below the oldest key history.json lists, a record is a leftover
-        # of an interrupted removal, maybe already zeroed: never read.
-        floor = min(history["keys"]) if history is not None else None
-        previous: KeyRecord | None = None
-        for index in sorted(paths):
-            path = str(paths[index])
-            if floor is not None and index < floor:
-                found.leftovers.append(index)
-                continue
-            if previous is not None and previous.index != index - 1:
-                # A gap: history.json names the missing record.
-                previous = None
-            try:
-                data = files.read_file(paths[index])
-                if data is None:
-                    continue
-                record = self._parse(path, data, index)
-                if record.master_key_id != self.sealer.master_key_id:
-                    raise IntegrityError(
-                        path,
-                        f"sealed under another master key (id "
-                        f"{record.master_key_id})",
-                        "run torro keys verify",
-                    )
-                # A record's own checksum is always verified: any record may
-                # become current by adoption.
-                self._verify_record(path, record)
-                if checks:
-                    _check_link(path, record, previous)
-            except IntegrityError as exc:
-                found.problems.append(exc)
-                previous = None
-                continue
-            found.records[index] = record
-            previous = record
-
-        if history is None:
-            self._judge_without_history(found, history_data is None)
-        else:
-            self._judge_with_history(found, history, checks)
-        return found
-
-    def _judge_without_history(
-        self, found: _Loaded, missing: bool
-    ) -> None:
-        # Only the first write of a new chain can leave records and no
-        # history.json: one record that starts a chain.
-        records = found.records
-        if missing and found.current is None and len(records) == 1:
-            record = next(iter(records.values()))
-            if record.previous_checksum is None:
-                found.pending = found.current = record
-                found.next_index = record.index + 1
-                found.repairs.append(f"make key {record.index} current")
-                return
-        if missing and not found.problems:
-            found.problems.append(IntegrityError(
-                str(self.history_path), "missing",
-                "run torro keys restore",
-            ))
-        found.next_index = max(records, default=-1) + 1
-
-    def _judge_with_history(
-        self, found: _Loaded, history: dict[str, Any], checks: bool
-    ) -> None:
-        listed: dict[int, str] = history["keys"]
-        head = history["current"]
-        found.next_index = history["nextIndex"]
-        found.retired = set(history["retiredFingerprints"])
-        records = found.records
-        on_disk = set(records)
-        bad_paths = {problem.path for problem in found.problems}
-        missing = [
-            index for index in sorted(listed)
-            if index not in on_disk
-            and str(self.history_dir / f"key-{index}.json") not in bad_paths
-        ]
-
-        # Records history.json does not list (leftovers below it are
-        # already set aside): the one at the next index, chained to the
-        # current key, is an interrupted rotation; later ones that chain
-        # on mean history.json is older than the records.
-        newer = []
-        for index in sorted(on_disk - set(listed)):
-            record = records.pop(index)
-            if index == found.next_index \
-                    and record.previous_checksum == listed[head]:
-                found.pending = record
-            elif index > found.next_index and index - 1 in on_disk:
-                newer.append(index)
-            else:
-                found.problems.append(IntegrityError(
-                    str(self.history_dir / record.file_name),
-                    "not listed in history.json",
-                    "run torro keys verify",
-                ))
-        older = None
-        if newer:
-            older = f"does not list key {newer[-1]}"
-        elif missing and found.pending is not None:
-            older = (
-                f"lists key {missing[0]}, which is gone, and not key "
-                f"{found.pending.index}"
-            )
-        if older is not None:
-            found.problems.append(IntegrityError(
-                str(self.history_path),
-                f"{older} (an older copy of history.json)",
-                "run torro keys restore",
-            ))
-            return
-        if found.leftovers:
-            found.repairs.append("remove keys beyond retention")
-
-        for index in missing:
-            found.problems.append(IntegrityError(
-                str(self.history_dir / f"key-{index}.json"),
-                "missing; history.json lists it",
-                "run torro keys restore, or torro keys verify",
-            ))
-        for index, checksum in sorted(listed.items()):
-            record = records.get(index)
-            if record is not None and checks \
-                    and record.checksum != checksum:
-                found.problems.append(IntegrityError(
-                    str(self.history_dir / record.file_name),
-                    "is not the record history.json lists (replaced or "
-                    "replayed)",
-                    "run torro keys verify",
-                ))
-
-        newest = found.pending or records.get(head)
-        current = found.current
-        if current is None and newest is not None and not found.problems \
-                and newest.previous_checksum is None:
-            # The first rotation of a chain stopped before current.json.
-            found.stale_current = True
-        elif newest is None or current is None:
-            if not found.problems:
-                found.problems.append(IntegrityError(
-                    str(self.current_path), "missing or unreadable",
-                    "run torro keys restore",
-                ))
-            return
-        elif current.checksum == newest.checksum:
-            found.stale_history = found.pending is not None
-        elif newest.previous_checksum == current.checksum or (
-            found.pending is not None
-            and current.checksum == listed[head]
-        ):
-            # current.json is one rotation behind: the crash came after
-            # the record, and maybe history.json, were written.
-            found.stale_current = True
-        elif current.index > newest.index:
-            found.problems.append(IntegrityError(
-                str(self.history_path),
-                f"names key {head} as current but current.json holds key "
-                f"{current.index} (an older copy of history.json)",
-                "run torro keys restore",
-            ))
-            return
-        else:
-            found.problems.append(IntegrityError(
-                str(self.current_path),
-                f"holds key {current.index}, which is not the newest "
-                f"record, key {newest.index} (replaced or replayed)",
-                "run torro keys restore",
-            ))
-            return
-        if found.pending is not None or found.stale_current:
-            found.repairs.append(f"make key {newest.index} current")
-        if found.pending is not None:
-            records[newest.index] = newest
-            found.next_index = newest.index + 1
-        found.current = newest
-
-    def _parse(self, path: str, data: bytes, index: int | None) -> KeyRecord:
-        try:
-            record = parse_record(data)
-        except RecordError as exc:
-            raise IntegrityError(
-                str(path), f"not a key record: {exc}",
-                "run torro keys verify, then torro keys restore",
-            ) from None
-        if index is not None and record.index != index:
-            raise IntegrityError(
-                str(path),
-                f"holds key {record.index}, not key {index} (records were "
-                "swapped or renamed)",
-                "run torro keys verify",
-            )
-        if record.state is not KeyState.ACTIVE:
-            raise IntegrityError(
-                str(path), f"state {record.state} is not supported yet"
-            )
-        return record
-
-    def _check_master_key(self, path: str, record: KeyRecord) -> None:
-        if record.master_key_id != self.sealer.master_key_id:
-            raise MasterKeyError(
-                f"the master key (id {self.sealer.master_key_id}) is not "
-                f"the one that sealed {path} (id {record.master_key_id}): "
-                "set KEY_DAEMON_MASTER_KEY_FILE or KEY_DAEMON_MASTER_KEY to "
-                "this store's master key; nothing was changed"
-            )
-
-    def _verify_record(self, path: str, record: KeyRecord) -> None:
-        if not self.sealer.checksum_matches(
-            record.checksum_payload(), record.checksum
-        ):
-            raise IntegrityError(
-                str(path), "checksum does not match (the record was edited)",
-                "run torro keys verify, then torro keys restore",
-            )
-
-    def _open(self, path: Path | str, record: KeyRecord) -> KeyMaterial:
-        if record.sealed:
-            try:
-                material = self.sealer.open(record.index, record.key_text)
-            except InvalidSeal as exc:
-                raise IntegrityError(
-                    str(path), str(exc), "run torro keys verify"
-                ) from None
-        else:
-            try:
-                material = KeyMaterial.from_hex(record.key_text)
-            except ValueError:
-                raise IntegrityError(
-                    str(path), "key is not lowercase hex",
-                    "run torro keys verify",
-                ) from None
-        if len(material) != record.length:
-            raise IntegrityError(
-                str(path),
-                f"key is {len(material)} bytes, the record says "
-                f"{record.length}",
-            )
-        return material
 
     def _history_bytes(
         self,
@@ -1006,51 +683,7 @@ class KeyStore:
         )
         return json.dumps(document, indent=1).encode() + b"\n"
 
-    def _parse_history(self, path: str, data: bytes) -> dict[str, Any]:
-        def bad(reason: str) -> IntegrityError:
-            return IntegrityError(
-                str(path), reason,
-                "run torro keys verify, then torro keys restore",
-            )
-
-        try:
-            document = json.loads(data)
-        except (UnicodeDecodeError, ValueError):
-            raise bad("not valid JSON") from None
-        if not isinstance(document, dict):
-            raise bad("not a JSON object")
-        checksum = document.pop("checksum", None)
-        if not isinstance(checksum, str):
-            raise bad("checksum is missing")
-        master_key_id = document.get("masterKeyId")
-        if master_key_id != self.sealer.master_key_id:
-            raise bad(
-                f"written under another master key (id {master_key_id})"
-            )
-        if not self.sealer.checksum_matches(
-            canonical_json(document), checksum
-        ):
-            raise bad("checksum does not match (the file was edited)")
-        try:
-            keys = {
-                entry["index"]: entry["checksum"]
-                for entry in document["keys"]
-            }
-            current = document["current"]
-            next_index = document["nextIndex"]
-            retired = document["retiredFingerprints"]
-        except (KeyError, TypeError):
-            raise bad("not a history document") from None
-        if not keys or current not in keys or next_index <= max(keys):
-            raise bad("names no current key, or a wrong next index")
-        return {
-            "keys": keys,
-            "current": current,
-            "nextIndex": next_index,
-            "retiredFingerprints": retired,
-        }
-
-    def _finish_commit(self, found: _Loaded) -> None:
+    def _finish_commit(self, found: Snapshot) -> None:
         current = found.current
         assert current is not None
         # The rotation that wrote an adopted record would have pruned.
@@ -1071,9 +704,6 @@ class KeyStore:
         files.sync_directory(self.root)
         found.pending = None
         found.stale_current = found.stale_history = False
-
-    def _has_backup(self) -> bool:
-        return (self.backup_dir / "current.json").exists()
 
     def _backup_path(self, name: str) -> str:
         return str(self.backup_dir / name)
@@ -1120,14 +750,11 @@ class KeyStore:
                 ))
         return problems
 
-    def _staging_path(self, directory: Path) -> Path:
-        return directory.with_name(directory.name + ".staging")
-
     def _complete_swaps(self) -> None:
         # A store is swapped in by renaming it over from its staging name;
         # a staging directory whose target is gone is complete.
         for target in (self.history_dir, self.root):
-            staging = self._staging_path(target)
+            staging = self.layout.staging_path(target)
             if not target.exists() and staging.is_dir():
                 with contextlib.suppress(FileNotFoundError):
                     os.rename(staging, target)
@@ -1137,29 +764,13 @@ class KeyStore:
 
     def _remove_incomplete_staging(self) -> None:
         for target in (self.root, self.history_dir):
-            staging = self._staging_path(target)
+            staging = self.layout.staging_path(target)
             if target.exists() and staging.is_dir():
                 _destroy_tree(staging)
                 system_log.warning(
                     "removed %s, left by an interrupted reset or import",
                     staging,
                 )
-
-
-def store_is_empty(root: Path, history_dir: Path | None = None) -> bool:
-    """Tell whether a key store directory holds nothing of a key ring."""
-    history_dir = history_dir or root / "history"
-    names = ("current.json", "history.json", "backup/current.json",
-             "backup/history.json")
-    if any((root / name).exists() for name in names):
-        return False
-    if root.with_name(root.name + ".staging").exists():
-        return False
-    try:
-        entries = os.listdir(history_dir)
-    except (FileNotFoundError, NotADirectoryError):
-        return True
-    return not any(_RECORD_NAME.fullmatch(name) for name in entries)
 
 
 def _finish_swap(staging: Path, target: Path) -> None:
@@ -1175,26 +786,6 @@ def _finish_swap(staging: Path, target: Path) -> None:
 
 def _by_index(record: KeyRecord) -> int:
     return record.index
-
-
-def _check_link(
-    path: str, record: KeyRecord, previous: KeyRecord | None
-) -> None:
-    if previous is None:
-        return
-    if record.previous_checksum != previous.checksum:
-        raise IntegrityError(
-            path,
-            f"does not chain to key-{previous.index}.json (a record "
-            "between them was removed, or one was replaced)",
-            "run torro keys verify",
-        )
-    if record.timestamp < previous.timestamp:
-        raise IntegrityError(
-            path,
-            f"is dated before key-{previous.index}.json",
-            "run torro keys verify",
-        )
 
 
 def _beyond_retention(
