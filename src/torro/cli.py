@@ -17,7 +17,12 @@ import click
 from torro import __version__, logs, process
 from torro.config import Settings, load_settings
 from torro.errors import TorroError
-from torro.manager import DaemonManager, daemon_status, iso_time
+from torro.manager import (
+    DaemonManager,
+    daemon_status,
+    iso_time,
+    open_existing_store,
+)
 from torro.rotation import KeyRotationDaemon, RotationPolicy
 from torro.sealing import parse_master_key, read_master_key_file
 from torro.store import KeyStore, open_store
@@ -32,6 +37,10 @@ EXIT_SOFTWARE = 70
 
 security_log = logging.getLogger(logs.SECURITY)
 system_log = logging.getLogger(logs.SYSTEM)
+# Commands that leave the log files alone (status, history, config) must
+# not have log records printed on stderr by logging's last resort: the
+# operator gets one line per error, from the command itself.
+logging.getLogger("torro").addHandler(logging.NullHandler())
 
 
 def _settings() -> Settings:
@@ -44,7 +53,7 @@ def _with_logs(settings: Settings) -> Settings:
 
 
 def _loaded_store(settings: Settings) -> KeyStore:
-    store = open_store(settings)
+    store = open_existing_store(settings)
     store.load()
     return store
 
@@ -254,7 +263,7 @@ def keys_verify() -> None:
     Prints the first bad record and exits 1 when anything is wrong.
     """
     settings = _with_logs(_settings())
-    store = open_store(settings, create_master_key=False)
+    store = open_existing_store(settings)
     problems = store.verify()
     if problems:
         for problem in problems:
@@ -311,7 +320,7 @@ def keys_restore() -> None:
     """Restore current.json and history.json from backup/, after checking.
     """
     settings = _with_logs(_settings())
-    store = open_store(settings, create_master_key=False)
+    store = open_existing_store(settings)
     with store.locked():
         record = store.restore_backup()
     click.echo(

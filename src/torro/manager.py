@@ -20,7 +20,7 @@ from typing import Any
 
 from torro import __version__, logs, process
 from torro.config import Settings, load_settings
-from torro.errors import TorroError
+from torro.errors import StoreError, TorroError
 from torro.rotation import KeyRotationDaemon, RotationPolicy
 from torro.store import KeyStore, open_store, store_is_empty
 
@@ -41,6 +41,11 @@ RELOADABLE = frozenset({
 })
 # The shortest nap between two passes, so a key due now is not spun on.
 MIN_SLEEP_MS = 10
+# How long past its due time, beyond one sleep interval, a key may stay
+# current before status calls it overdue. A running daemon rotates a key
+# when it falls due and retries every sleep interval, so by then a rotation
+# has failed or no daemon has run.
+OVERDUE_GRACE_MS = 60_000
 
 system_log = logging.getLogger(logs.SYSTEM)
 
@@ -82,15 +87,17 @@ class DaemonManager:
             left as it was.
         """
         settings = self.settings
-        logs.configure_logging(settings.log_dir, settings.log_level,
-                               self.echo)
+        # before the PID file names this process, so that a `torro daemon
+        # stop` that finds it never meets the default SIGTERM action
+        self._install_signal_handlers()
         try:
+            logs.configure_logging(settings.log_dir, settings.log_level,
+                                   self.echo)
             self._pid_file.acquire()
         except TorroError as exc:
             self.ready(f"error: {exc}")
             raise
         try:
-            self._install_signal_handlers()
             try:
                 self._start()
             except TorroError as exc:
@@ -99,11 +106,13 @@ class DaemonManager:
                 raise
             self.ready("ready")
             self._loop()
+            # logged before the PID file goes, so that `torro daemon stop`
+            # returns only once the line is written
+            reason = signal.Signals(self._stop_signal).name \
+                if self._stop_signal else "request"
+            system_log.info("daemon stopped (%s)", reason)
         finally:
             self._pid_file.release()
-        reason = signal.Signals(self._stop_signal).name \
-            if self._stop_signal else "request"
-        system_log.info("daemon stopped (%s)", reason)
         return 0
 
     def stop(self) -> None:
@@ -141,20 +150,28 @@ class DaemonManager:
     def _loop(self) -> None:
         assert self.daemon is not None
         while self._stop_signal is None:
+            passed = self.daemon.clock()
             self.daemon.tick()
             if self._stop_signal is not None:
                 break
-            self._wake.wait(self._sleep_seconds())
+            self._wake.wait(self._sleep_seconds(passed))
             self._wake.clear()
             if self._reload_requested:
                 self._reload_requested = False
                 self._apply_reload()
 
-    def _sleep_seconds(self) -> float:
+    def _sleep_seconds(self, passed: int) -> float:
+        """Return how long to sleep after the pass that began at ``passed``.
+
+        The nap ends when the key falls due, or after a sleep interval. A
+        key that was due at the pass and is still current was not rotated
+        (the store is damaged or the rotation failed): the next try waits
+        a whole sleep interval rather than spinning.
+        """
         assert self.daemon is not None
         sleep_ms = self.settings.sleep_interval_ms
         due = self.daemon.next_rotation()
-        if due is not None:
+        if due is not None and due > passed:
             until_due = due - self.daemon.clock()
             sleep_ms = min(sleep_ms, max(until_due, MIN_SLEEP_MS))
         return sleep_ms / 1000
@@ -193,7 +210,11 @@ class DaemonManager:
             )
         applied = [name for name in changed if name in RELOADABLE]
         if not applied:
-            system_log.info("log files reopened; configuration unchanged")
+            system_log.info(
+                "log files reopened; %s",
+                "nothing else applied" if needs_restart
+                else "configuration unchanged",
+            )
             return
         self.settings = _merge(self.settings, fresh, needs_restart)
         logs.set_level(self.settings.log_level)
@@ -279,13 +300,29 @@ def daemon_status(settings: Settings, now: int | None = None) -> DaemonStatus:
             current.timestamp + settings.rotation_interval_ms
         )
         overdue = now - current.timestamp - settings.rotation_interval_ms
-        if overdue > 2 * settings.rotation_interval_ms:
+        if overdue > settings.sleep_interval_ms + OVERDUE_GRACE_MS:
             status.overdue = True
             status.problem = status.problem or (
                 f"rotation overdue by {overdue // 1000} s: see the system "
                 "log"
             )
     return status
+
+
+def open_existing_store(settings: Settings) -> KeyStore:
+    """Open the key store for a command that only reads or repairs it.
+
+    Nothing is created, not even a master key.
+
+    :raises StoreError: when the store holds no key yet.
+    """
+    if store_is_empty(settings.storage_path, settings.history_dir):
+        raise StoreError(
+            f"the key store {settings.storage_path} holds no key yet: start "
+            "the daemon with torro daemon start, or create the first key "
+            "with torro daemon rotate"
+        )
+    return open_store(settings, create_master_key=False)
 
 
 def iso_time(ms: int) -> str:

@@ -24,6 +24,10 @@ from torro.errors import DaemonError
 READY_FD_VARIABLE = "TORRO_READY_FD"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
+# How long a daemon that failed to start may take to exit.
+EXIT_WAIT = 5.0
+# The mode of the directories made for the PID file.
+DIRECTORY_MODE = 0o755
 
 
 class PidFile:
@@ -75,7 +79,7 @@ class PidFile:
 
     def _open(self) -> int:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _make_directories(self.path.parent)
             fd = os.open(
                 self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
             )
@@ -173,17 +177,26 @@ def start_background(
         message = _read_report(read_end, timeout)
     finally:
         os.close(read_end)
+    if message is None:
+        raise DaemonError(
+            f"the daemon (pid {child.pid}) did not report ready within "
+            f"{timeout:g} s; see the system log"
+        )
     if message.startswith("ready"):
         return child.pid
-    if not message:
-        code = child.poll()
-        if code is None:
-            raise DaemonError(
-                f"the daemon (pid {child.pid}) did not report ready within "
-                f"{timeout:g} s; see the system log"
-            )
+    # The daemon failed or closed the pipe without a word: it is exiting,
+    # and may not be reaped yet.
+    try:
+        code = child.wait(timeout=EXIT_WAIT)
+    except subprocess.TimeoutExpired:
+        code = None
+    if not message and code is None:
+        message = (
+            f"the daemon (pid {child.pid}) closed its report pipe without "
+            "a word; see the system log"
+        )
+    elif not message:
         message = f"the daemon exited with status {code}; see the system log"
-    child.wait(timeout=5)
     raise DaemonError(message.removeprefix("error: "))
 
 
@@ -202,16 +215,17 @@ def report_ready(message: str) -> None:
             os.close(fd)
 
 
-def _read_report(fd: int, timeout: float) -> str:
+def _read_report(fd: int, timeout: float) -> str | None:
+    """Return the line the daemon reported, "" if it closed the pipe
+    without one, or None if it said nothing within ``timeout`` s.
+    """
     deadline = time.monotonic() + timeout
     data = b""
     while b"\n" not in data:
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        ready, _, _ = select.select([fd], [], [], remaining)
+        ready, _, _ = select.select([fd], [], [], max(remaining, 0))
         if not ready:
-            break
+            return None
         chunk = os.read(fd, 4096)
         if not chunk:
             break
@@ -252,6 +266,22 @@ def stop_daemon(pid_file: Path, timeout: float = STOP_TIMEOUT) -> int | None:
         time.sleep(0.05)
     remove_stale_pid_file(pid_file)
     return pid
+
+
+def _make_directories(directory: Path) -> None:
+    """Create ``directory`` and its missing parents, mode 0755 whatever
+    the umask: a directory others can write lets them plant a PID file.
+    """
+    missing = []
+    while not os.path.lexists(directory):
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=DIRECTORY_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(path, DIRECTORY_MODE)
 
 
 def _same_file(fd: int, path: Path) -> bool:

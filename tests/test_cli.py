@@ -1,0 +1,511 @@
+"""The ``torro`` command, run as a subprocess in a clean directory.
+
+Errors meant for the operator are one line on stderr, ``torro: error:
+...``, with no traceback; the tests check the exit code, that line, and
+what is (or is not) left on disk.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import stat
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from torro.config import load_settings
+from torro.rotation import KeyRotationDaemon, RotationPolicy
+from torro.store import open_store
+
+
+if TYPE_CHECKING:
+    from conftest import Outcome, Torro
+
+
+BAD_SETTINGS = [
+    ("KEY_DAEMON_SLEEP_INTERVAL", "abc"),
+    ("KEY_DAEMON_SLEEP_INTERVAL", "0"),
+    ("KEY_DAEMON_SLEEP_INTERVAL", "-5"),
+    # longer than the rotation interval of 500 ms
+    ("KEY_DAEMON_SLEEP_INTERVAL", "501"),
+    ("KEY_DAEMON_ALGORITHM", "md5"),
+    ("KEY_DAEMON_KEY_LENGTH", "8"),
+    ("KEY_DAEMON_KEY_LENGTH", "2000"),
+    ("KEY_DAEMON_DERIVATION_ROUNDS", "999"),
+    ("KEY_DAEMON_MAX_HISTORY", "0"),
+    ("KEY_DAEMON_LOG_LEVEL", "verbose"),
+    ("KEY_DAEMON_ENCRYPTION", "maybe"),
+]
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def tree_digest(root: Path) -> dict[str, tuple[int, str]]:
+    """Return the mode and SHA-256 of every entry under ``root``."""
+    digest = {}
+    for path in sorted(root.rglob("*")):
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        content = "" if path.is_dir() \
+            else hashlib.sha256(path.read_bytes()).hexdigest()
+        digest[str(path.relative_to(root))] = (mode, content)
+    return digest
+
+
+def one_error(outcome: "Outcome", code: int) -> str:
+    """Check ``outcome`` failed with one error line; return that line."""
+    assert outcome.code == code, outcome
+    assert outcome.stdout == ""
+    assert "Traceback" not in outcome.stderr
+    assert len(outcome.error_lines) == 1, outcome.stderr
+    line = outcome.error_lines[0]
+    assert line.startswith("torro: error: ")
+    return line
+
+
+def rotate(torro: "Torro", times: int, **env: str | None) -> None:
+    """Rotate ``times`` times as ``torro daemon rotate`` does.
+
+    The library is called in this process, in the command's directory and
+    environment, to spare an interpreter start per key; the command itself
+    is tested on its own.
+    """
+    with contextlib.chdir(torro.cwd):
+        settings = load_settings(torro.env(**env))
+        daemon = KeyRotationDaemon(
+            open_store(settings), RotationPolicy.from_settings(settings)
+        )
+        for _ in range(times):
+            daemon.rotate(force=True)
+
+
+def assert_rotates_to(
+    torro: "Torro", index: int, **env: str | None
+) -> None:
+    """Run ``torro daemon rotate`` and check the key it made."""
+    outcome = torro.run("daemon", "rotate", env=env)
+    current = read_json(torro.cwd / "keys/current.json")
+    assert current["index"] == index
+    assert (outcome.code, outcome.stdout, outcome.stderr) == (
+        0,
+        f"rotated to key {index} (fingerprint {current['fingerprint']})\n",
+        "",
+    )
+
+
+def shown_key(outcome: "Outcome") -> str:
+    """Return the key a ``torro keys show --reveal`` printed."""
+    match = re.search(r"^key: +([0-9a-f]+)$", outcome.stdout, re.MULTILINE)
+    assert match is not None, outcome.stdout
+    return match.group(1)
+
+
+# -- configuration ------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "value"), BAD_SETTINGS)
+def test_invalid_setting_is_refused_in_one_line(
+    torro: "Torro", name: str, value: str
+) -> None:
+    outcomes = torro.run_together(
+        ("daemon", "run"), ("config", "check"), env={name: value}
+    )
+
+    for outcome in outcomes:
+        line = one_error(outcome, 2)
+        assert f" {name}={value} " in line
+    assert outcomes[0].stderr == outcomes[1].stderr
+    assert os.listdir(torro.cwd) == []
+
+
+def test_invalid_setting_in_env_file_is_refused(torro: "Torro") -> None:
+    (torro.cwd / ".env").write_text("KEY_DAEMON_KEY_LENGTH=8\n")
+
+    outcome = torro.run("daemon", "start")
+
+    assert one_error(outcome, 2) == (
+        "torro: error: KEY_DAEMON_KEY_LENGTH=8 is out of range: use a whole "
+        "number of bytes from 16 to 1024"
+    )
+    assert os.listdir(torro.cwd) == [".env"]
+
+
+def test_config_check_accepts_valid_settings(torro: "Torro") -> None:
+    outcome = torro.run("config", "check")
+
+    assert (outcome.code, outcome.stdout, outcome.stderr) == (
+        0, "configuration ok\n", ""
+    )
+    assert os.listdir(torro.cwd) == []
+
+
+def test_config_show_redacts_the_master_key(torro: "Torro") -> None:
+    master_key = secrets.token_hex(32)
+    env = {"KEY_DAEMON_MASTER_KEY": master_key}
+
+    shown = torro.run("config", "show", env=env)
+    as_json = torro.run("config", "show", "--json", env=env)
+
+    assert shown.code == as_json.code == 0
+    assert "KEY_DAEMON_MASTER_KEY=(set, redacted)\n" in shown.stdout
+    assert "KEY_DAEMON_SLEEP_INTERVAL=100\n" in shown.stdout
+    document = json.loads(as_json.stdout)
+    assert document["KEY_DAEMON_MASTER_KEY"] == "(set, redacted)"
+    for outcome in (shown, as_json):
+        text = outcome.stdout + outcome.stderr
+        assert master_key not in text
+        assert master_key[:8] not in text
+    assert os.listdir(torro.cwd) == []
+
+
+# -- help and usage errors ----------------------------------------------
+
+def test_help_and_version_exit_0(torro: "Torro") -> None:
+    commands = [
+        ("--help",), ("daemon", "--help"), ("daemon", "run", "--help"),
+        ("keys", "show", "--help"), ("config", "--help"),
+    ]
+    *helps, version = torro.run_together(*commands, ("--version",))
+    # once through the installed console script
+    helps.append(torro.run("--help", script=True))
+    commands.append(("--help",))
+
+    for args, outcome in zip(commands, helps, strict=True):
+        assert (outcome.code, outcome.stderr) == (0, "")
+        command = " ".join(("torro", *args[:-1]))
+        assert outcome.stdout.startswith(f"Usage: {command} [OPTIONS]")
+    assert (version.code, version.stderr) == (0, "")
+    assert re.fullmatch(r"torro, version \d+\.\d+\.\d+\S*\n", version.stdout)
+    assert os.listdir(torro.cwd) == []
+
+
+def test_unknown_command_exits_2(torro: "Torro") -> None:
+    top, under_daemon = torro.run_together(
+        ("frobnicate",), ("daemon", "explode")
+    )
+
+    assert one_error(top, 2) == (
+        "torro: error: No such command 'frobnicate'. (see torro --help)"
+    )
+    assert one_error(under_daemon, 2) == (
+        "torro: error: No such command 'explode'. (see torro daemon --help)"
+    )
+
+
+# -- the master key -----------------------------------------------------
+
+def test_master_key_from_the_environment(torro: "Torro") -> None:
+    cwd = torro.cwd
+    master = {"KEY_DAEMON_MASTER_KEY": secrets.token_hex(32)}
+    rotate(torro, 1, **master)
+    assert_rotates_to(torro, 1, **master)
+
+    current = read_json(cwd / "keys/current.json")
+    assert current["index"] == 1
+    assert current["key"].startswith("torro:v1:")
+    assert not (cwd / "keys.master-key").exists()
+    verified = torro.run("keys", "verify", env=master)
+    assert verified.stdout == "ok: 2 keys verified, chain intact, current " \
+        "key 1\n"
+
+    # another master key opens nothing and changes nothing
+    before = tree_digest(cwd / "keys")
+    other = {"KEY_DAEMON_MASTER_KEY": secrets.token_hex(32)}
+    for command in (("daemon", "start"), ("daemon", "rotate"),
+                    ("keys", "verify")):
+        line = one_error(torro.run(*command, env=other), 1)
+        assert "the master key (id " in line
+        assert "is not the one that sealed keys/current.json" in line
+    assert tree_digest(cwd / "keys") == before
+    assert sorted(os.listdir(cwd)) == ["keys", "logs"]
+    assert torro.daemon_processes() == []
+
+
+def test_lost_master_key_file_changes_nothing(torro: "Torro") -> None:
+    cwd = torro.cwd
+    rotate(torro, 2)
+    master_key = cwd / "keys.master-key"
+    master_key.unlink()
+    before = tree_digest(cwd / "keys")
+
+    for outcome in torro.run_together(
+        ("daemon", "start"), ("daemon", "rotate"), ("keys", "verify"),
+        ("keys", "restore"),
+    ):
+        line = one_error(outcome, 1)
+        assert line.startswith(
+            "torro: error: no master key for the key store keys: it holds "
+            f"keys but {master_key} does not exist"
+        )
+
+    assert not master_key.exists()
+    assert tree_digest(cwd / "keys") == before
+    assert sorted(os.listdir(cwd)) == ["keys", "logs"]
+    status = torro.run("daemon", "status", "--json")
+    assert status.code == 3
+    assert json.loads(status.stdout)["integrity"] == "unreadable"
+
+
+def test_without_encryption_the_key_is_stored_as_hex(torro: "Torro") -> None:
+    env = {"KEY_DAEMON_ENCRYPTION": "false", "KEY_DAEMON_KEY_LENGTH": "24"}
+    rotate(torro, 2, **env)
+
+    current = read_json(torro.cwd / "keys/current.json")
+    assert re.fullmatch(r"[0-9a-f]{48}", current["key"])
+    shown = torro.run("keys", "show", "1", "--reveal", env=env)
+    assert shown.code == 0
+    assert shown_key(shown) == current["key"]
+
+
+# -- keys history, show, verify, restore --------------------------------
+
+def test_history_and_show_never_print_key_material(torro: "Torro") -> None:
+    cwd = torro.cwd
+    rotate(torro, 3)
+    fingerprints = {
+        key["index"]: key["fingerprint"]
+        for key in read_json(cwd / "keys/history.json")["keys"]
+    }
+
+    history, listed = torro.run_together(
+        ("keys", "history"), ("keys", "history", "--json")
+    )
+    assert history.code == 0
+    rows = [line.split() for line in history.stdout.splitlines()[1:]]
+    assert [(int(r[0]), r[2], r[3]) for r in rows] == [
+        (2, fingerprints[2], "current"),
+        (1, fingerprints[1], "retained"),
+        (0, fingerprints[0], "retained"),
+    ]
+    assert [
+        (row["index"], row["fingerprint"], row["role"])
+        for row in json.loads(listed.stdout)
+    ] == [(int(r[0]), r[2], r[3]) for r in rows]
+    assert all("key" not in row for row in json.loads(listed.stdout))
+
+    keys = {}
+    for index, fingerprint in fingerprints.items():
+        shown, revealed = torro.run_together(
+            ("keys", "show", str(index)),
+            ("keys", "show", str(index), "--reveal"),
+        )
+        assert shown.code == 0
+        assert f"fingerprint:   {fingerprint}\n" in shown.stdout
+        assert "key:" not in shown.stdout
+        assert revealed.code == 0
+        keys[index] = shown_key(revealed)
+        assert re.fullmatch(r"[0-9a-f]{64}", keys[index])
+    assert len(set(keys.values())) == 3
+
+    others = [
+        outcome.stdout + outcome.stderr for outcome in torro.outcomes
+        if "--reveal" not in outcome.args
+    ]
+    security_log = (cwd / "logs/security.log").read_text()
+    for key in keys.values():
+        for start in range(len(key) - 7):
+            piece = key[start:start + 8]
+            assert all(piece not in text for text in others)
+            assert piece not in security_log
+    revealed_lines = [
+        line for line in security_log.splitlines() if "revealed" in line
+    ]
+    assert [line.split(" ", 2)[2] for line in revealed_lines] == [
+        f"key {index} (fingerprint {fingerprint}) revealed by torro keys "
+        "show"
+        for index, fingerprint in fingerprints.items()
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argument", "code", "expected"),
+    [
+        ("999", 1, "no key with index 999: indexes run from 0 to 1"),
+        ("-1", 2, "No such option '-1'."),
+        ("abc", 2, "Invalid value for 'INDEX': 'abc' is not a valid"),
+    ],
+)
+def test_show_refuses_a_bad_index(
+    torro: "Torro", argument: str, code: int, expected: str
+) -> None:
+    if code == 1:
+        rotate(torro, 2)
+
+    line = one_error(torro.run("keys", "show", argument), code)
+
+    assert line.startswith(f"torro: error: {expected}")
+
+
+def test_reading_commands_on_an_empty_store_create_nothing(
+    torro: "Torro",
+) -> None:
+    *refused, status = torro.run_together(
+        ("keys", "history"), ("keys", "verify"), ("keys", "show", "0"),
+        ("keys", "restore"), ("daemon", "status", "--json"),
+    )
+    for outcome in refused:
+        line = one_error(outcome, 1)
+        assert line.startswith(
+            "torro: error: the key store keys holds no key yet"
+        )
+    assert status.code == 3
+    assert json.loads(status.stdout)["integrity"] == "empty"
+    assert not (torro.cwd / "keys").exists()
+    assert not (torro.cwd / "keys.master-key").exists()
+
+
+def test_edited_record_fails_verify_and_stops_rotation(
+    torro: "Torro",
+) -> None:
+    cwd = torro.cwd
+    rotate(torro, 3)
+    verified = torro.run("keys", "verify")
+    assert (verified.code, verified.stdout) == (
+        0, "ok: 3 keys verified, chain intact, current key 2\n"
+    )
+
+    record = cwd / "keys/history/key-1.json"
+    data = record.read_bytes()
+    digit = data.index(b'"timestamp": ') + len(b'"timestamp": ') + 5
+    edited = b"1" if data[digit:digit + 1] != b"1" else b"2"
+    record.write_bytes(data[:digit] + edited + data[digit + 1:])
+    before = tree_digest(cwd / "keys")
+
+    line = one_error(torro.run("keys", "verify"), 1)
+    assert line.startswith(
+        "torro: error: keys/history/key-1.json: checksum does not match"
+    )
+    line = one_error(torro.run("daemon", "rotate"), 1)
+    assert "keys/history/key-1.json" in line
+    line = one_error(torro.run("keys", "history"), 1)
+    assert "keys/history/key-1.json" in line
+    assert tree_digest(cwd / "keys") == before
+    status = torro.run("daemon", "status", "--json")
+    assert status.code == 3
+    assert status.stderr == ""
+    document = json.loads(status.stdout)
+    assert document["integrity"] == "failed"
+    assert "keys/history/key-1.json" in document["problem"]
+
+
+def test_restore_after_losing_current_json(torro: "Torro") -> None:
+    cwd = torro.cwd
+    rotate(torro, 2)
+    current = cwd / "keys/current.json"
+    original = current.read_bytes()
+
+    current.unlink()
+    line = one_error(torro.run("keys", "verify"), 1)
+    assert "keys/current.json" in line
+    restored = torro.run("keys", "restore")
+    assert (restored.code, restored.stdout) == (
+        0, "restored from keys/backup: current key 1\n"
+    )
+    assert current.read_bytes() == original
+    verified = torro.run("keys", "verify")
+    assert verified.stdout == "ok: 2 keys verified, chain intact, current " \
+        "key 1\n"
+
+    # by hand, as the operator documentation says
+    current.unlink()
+    shutil.copy(cwd / "keys/backup/current.json", current)
+    verified = torro.run("keys", "verify")
+    assert verified.stdout == "ok: 2 keys verified, chain intact, current " \
+        "key 1\n"
+    assert_rotates_to(torro, 2)
+
+
+# -- reset ---------------------------------------------------------------
+
+def test_reset_asks_first(torro: "Torro") -> None:
+    rotate(torro, 2)
+    before = tree_digest(torro.cwd / "keys")
+
+    declined = torro.run("daemon", "reset", stdin="n\n")
+
+    assert declined.code == 1
+    assert declined.error_lines == ["torro: aborted"]
+    assert declined.stdout.startswith("archive every key in keys and start")
+    assert tree_digest(torro.cwd / "keys") == before
+    assert sorted(os.listdir(torro.cwd)) == [
+        "keys", "keys.master-key", "logs"
+    ]
+
+
+def test_reset_archives_and_never_reuses_an_index(torro: "Torro") -> None:
+    cwd = torro.cwd
+    rotate(torro, 3)
+    old_history = read_json(cwd / "keys/history.json")
+    started = time.gmtime(time.time() - 1)
+
+    reset = torro.run("daemon", "reset", "--yes")
+
+    assert reset.code == 0, reset.stderr
+    [archive] = [p for p in cwd.iterdir() if p.name.startswith("keys.arch")]
+    match = re.fullmatch(r"keys\.archive-(\d{8}T\d{6}Z)", archive.name)
+    assert match is not None
+    stamp = time.strptime(match.group(1), "%Y%m%dT%H%M%SZ")
+    assert started <= stamp <= time.gmtime()
+    assert reset.stdout == (
+        f"old keys archived in {archive.name}; new chain starts at key 3\n"
+    )
+    assert read_json(archive / "history.json") == old_history
+    assert sorted(os.listdir(archive / "history")) == [
+        "key-0.json", "key-1.json", "key-2.json"
+    ]
+    current = read_json(cwd / "keys/current.json")
+    assert (current["index"], current["derivedFrom"]) == (3, None)
+    history = read_json(cwd / "keys/history.json")
+    assert [key["index"] for key in history["keys"]] == [3]
+    assert set(history["retiredFingerprints"]) >= {
+        key["fingerprint"] for key in old_history["keys"]
+    }
+    verified = torro.run("keys", "verify")
+    assert verified.stdout == "ok: 1 keys verified, chain intact, current " \
+        "key 3\n"
+    assert_rotates_to(torro, 4)
+
+
+def test_reset_purge_leaves_no_archive(torro: "Torro") -> None:
+    cwd = torro.cwd
+    rotate(torro, 2)
+
+    reset = torro.run("daemon", "reset", "--yes", "--purge")
+
+    assert (reset.code, reset.stdout) == (
+        0, "old keys destroyed; new chain starts at key 2\n"
+    )
+    assert sorted(os.listdir(cwd)) == ["keys", "keys.master-key", "logs"]
+    assert read_json(cwd / "keys/current.json")["index"] == 2
+    assert torro.run("keys", "verify").code == 0
+    assert_rotates_to(torro, 3)
+
+
+# -- permissions ---------------------------------------------------------
+
+def test_files_are_private_whatever_the_umask(torro: "Torro") -> None:
+    cwd = torro.cwd
+    for _ in range(2):
+        outcome = torro.run("daemon", "rotate", umask=0)
+        assert outcome.code == 0, outcome.stderr
+
+    modes = {
+        str(path.relative_to(cwd)): stat.S_IMODE(path.stat().st_mode)
+        for path in cwd.rglob("*")
+    }
+    assert modes.pop("keys.master-key") == 0o400
+    for name in ("keys", "keys/history", "keys/backup", "logs"):
+        assert modes.pop(name) == 0o700, name
+    assert {name: mode for name, mode in modes.items() if mode != 0o600} \
+        == {}
+    assert set(modes) >= {
+        "keys/current.json", "keys/history.json", "keys/history/key-0.json",
+        "keys/history/key-1.json", "keys/backup/current.json",
+        "logs/system.log", "logs/key-daemon.log", "logs/security.log",
+    }
