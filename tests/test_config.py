@@ -7,7 +7,6 @@ from hypothesis import given, settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from torro.config import (
-    CLOCK_SKEW_ALLOWANCE_MS,
     Settings,
     load_settings,
     variable_names,
@@ -66,9 +65,15 @@ def test_defaults() -> None:
     assert settings.master_key_file is None
 
 
-def test_clock_skew_is_a_constant_not_a_setting() -> None:
-    assert CLOCK_SKEW_ALLOWANCE_MS == 300_000
-    assert "KEY_DAEMON_CLOCK_SKEW" not in variable_names()
+def test_malformed_master_key_is_a_configuration_error() -> None:
+    for text in ("00" * 31, "00" * 33, "not a key", MASTER_KEY[:-1] + "g"):
+        error = rejection(KEY_DAEMON_MASTER_KEY=text)
+
+        assert error.exit_code == 2
+        assert str(error) == (
+            "KEY_DAEMON_MASTER_KEY is not a 32-byte master key: give 64 hex "
+            "characters or the base64 of 32 bytes (openssl rand -hex 32)"
+        )
 
 
 def test_variable_names_in_documentation_order() -> None:

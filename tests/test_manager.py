@@ -164,19 +164,22 @@ def test_status_under_another_master_key(
     assert status.current_index is None
 
 
-def test_overdue_after_a_sleep_interval_and_the_grace(
+def test_overdue_after_two_rotation_intervals_past_due(
     settings: Settings,
 ) -> None:
     rotate_at(settings, START)
-    limit = START + INTERVAL + SLEEP + manager.OVERDUE_GRACE_MS
+    limit = START + INTERVAL + 2 * INTERVAL
 
     on_time = daemon_status(settings, now=limit)
-    late = daemon_status(settings, now=limit + 1)
+    late = daemon_status(settings, now=limit + 1000)
     days_late = daemon_status(settings, now=START + INTERVAL + 86_400_000)
 
     assert (on_time.overdue, on_time.problem) == (False, None)
     assert late.overdue
-    assert late.problem == "rotation overdue by 60 s: see the system log"
+    assert late.problem == (
+        f"rotation overdue by {2 * INTERVAL // 1000 + 1} s: see the system "
+        "log"
+    )
     assert days_late.problem == (
         "rotation overdue by 86400 s: see the system log"
     )

@@ -253,7 +253,7 @@ def keys_show(index: int, reveal: bool, as_json: bool) -> None:
         _print_json(row)
         return
     for name, value in row.items():
-        click.echo(f"{name + ':':14} {value}")
+        click.echo(f"{name + ':':14} {_plain(value)}")
 
 
 @keys.command("verify")
@@ -341,6 +341,13 @@ def _key_summary(store: KeyStore, index: int) -> dict[str, Any]:
         "role": "current" if current else "retained",
         "sealed": record.sealed,
     }
+
+
+def _plain(value: Any) -> str:
+    """Return a value as an operator reads it: yes/no, none."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "none" if value is None else str(value)
 
 
 def _stop_on_problem(store: KeyStore) -> None:

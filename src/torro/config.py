@@ -37,12 +37,9 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from torro.errors import ConfigError
+from torro.errors import ConfigError, MasterKeyError
+from torro.sealing import parse_master_key
 
-
-# How far a peer's clock may differ from ours, in milliseconds. This is a
-# fixed allowance, not a setting.
-CLOCK_SKEW_ALLOWANCE_MS = 300_000
 
 MASTER_KEY_VARIABLE = "KEY_DAEMON_MASTER_KEY"
 MASTER_KEY_FILE_VARIABLE = "KEY_DAEMON_MASTER_KEY_FILE"
@@ -261,7 +258,16 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             raise ValueError("is not text: use the hex or base64 master key")
         value = value.strip()
-        return SecretStr(value) if value else None
+        if not value:
+            return None
+        try:
+            parse_master_key(value, MASTER_KEY_VARIABLE)
+        except MasterKeyError:
+            raise ValueError(
+                "is not a 32-byte master key: give 64 hex characters or "
+                "the base64 of 32 bytes (openssl rand -hex 32)"
+            ) from None
+        return SecretStr(value)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "Settings":

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from torro.directories import make_directories
 from torro.errors import ConfigError
 
 
@@ -370,10 +371,8 @@ def _ensure_log_dir(log_dir: Path) -> None:
     if log_dir.is_dir():
         return
     try:
-        log_dir.mkdir(parents=True, mode=DIR_MODE)
+        make_directories(log_dir, DIR_MODE)
     except FileExistsError:
-        if log_dir.is_dir():
-            return
         raise ConfigError(
             f"log directory {log_dir} exists and is not a directory: "
             f"check KEY_DAEMON_LOG_DIR"
@@ -383,8 +382,6 @@ def _ensure_log_dir(log_dir: Path) -> None:
             f"cannot create log directory {log_dir}: "
             f"{exc.strerror or exc}: check KEY_DAEMON_LOG_DIR"
         ) from None
-    # mkdir applies the umask; the mode must not depend on it.
-    os.chmod(log_dir, DIR_MODE)
 
 
 def _open_log_file(path: str) -> int:

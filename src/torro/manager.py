@@ -41,11 +41,9 @@ RELOADABLE = frozenset({
 })
 # The shortest nap between two passes, so a key due now is not spun on.
 MIN_SLEEP_MS = 10
-# How long past its due time, beyond one sleep interval, a key may stay
-# current before status calls it overdue. A running daemon rotates a key
-# when it falls due and retries every sleep interval, so by then a rotation
-# has failed or no daemon has run.
-OVERDUE_GRACE_MS = 60_000
+# A key still current this many rotation intervals after it fell due is
+# overdue: status reports the daemon unhealthy.
+OVERDUE_INTERVALS = 2
 
 system_log = logging.getLogger(logs.SYSTEM)
 
@@ -300,7 +298,7 @@ def daemon_status(settings: Settings, now: int | None = None) -> DaemonStatus:
             current.timestamp + settings.rotation_interval_ms
         )
         overdue = now - current.timestamp - settings.rotation_interval_ms
-        if overdue > settings.sleep_interval_ms + OVERDUE_GRACE_MS:
+        if overdue > OVERDUE_INTERVALS * settings.rotation_interval_ms:
             status.overdue = True
             status.problem = status.problem or (
                 f"rotation overdue by {overdue // 1000} s: see the system "

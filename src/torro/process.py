@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from torro.directories import make_directories
 from torro.errors import DaemonError
 
 
@@ -26,7 +27,8 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 # How long a daemon that failed to start may take to exit.
 EXIT_WAIT = 5.0
-# The mode of the directories made for the PID file.
+# The mode of the directories made for the PID file: readable, so that
+# anyone may check the daemon, and writable by its owner alone.
 DIRECTORY_MODE = 0o755
 
 
@@ -79,7 +81,7 @@ class PidFile:
 
     def _open(self) -> int:
         try:
-            _make_directories(self.path.parent)
+            make_directories(self.path.parent, DIRECTORY_MODE)
             fd = os.open(
                 self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
             )
@@ -266,22 +268,6 @@ def stop_daemon(pid_file: Path, timeout: float = STOP_TIMEOUT) -> int | None:
         time.sleep(0.05)
     remove_stale_pid_file(pid_file)
     return pid
-
-
-def _make_directories(directory: Path) -> None:
-    """Create ``directory`` and its missing parents, mode 0755 whatever
-    the umask: a directory others can write lets them plant a PID file.
-    """
-    missing = []
-    while not os.path.lexists(directory):
-        missing.append(directory)
-        directory = directory.parent
-    for path in reversed(missing):
-        try:
-            path.mkdir(mode=DIRECTORY_MODE)
-        except FileExistsError:
-            continue
-        os.chmod(path, DIRECTORY_MODE)
 
 
 def _same_file(fd: int, path: Path) -> bool:

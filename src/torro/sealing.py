@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from torro import logs
+from torro.directories import make_directories
 from torro.errors import MasterKeyError
 from torro.material import KeyMaterial
 
@@ -151,12 +152,12 @@ def create_master_key_file(path: Path) -> MasterKey:
     The file is created exclusively: an existing file is never replaced.
     """
     master = MasterKey(secrets.token_bytes(MASTER_KEY_LENGTH))
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Written under a temporary name, then linked into place: a failed
     # write leaves no half-made key file, and an existing one is kept.
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     try:
+        make_directories(path.parent, 0o700)
         fd = os.open(temp, flags, 0o400)
         try:
             os.fchmod(fd, 0o400)
@@ -268,16 +269,34 @@ def resolve_master_key(
     master_key_file: Path | None,
     storage_path: Path,
     store_is_empty: bool,
+    *,
+    may_create: bool = True,
 ) -> MasterKey:
     """Find the master key the configuration names, or create the default.
 
     A new master key file is only ever created for an empty store: a store
     that holds keys is never sealed again under a key made up on the spot.
+    The key found is registered with the logs, which redact it should it
+    ever reach a log line.
+
+    :param may_create: whether an empty store may get a new master key;
+        read-only callers say no.
     """
     if master_key:
-        return parse_master_key(master_key, "KEY_DAEMON_MASTER_KEY")
-    if master_key_file is not None:
-        return read_master_key_file(master_key_file)
+        master = parse_master_key(master_key, "KEY_DAEMON_MASTER_KEY")
+    elif master_key_file is not None:
+        master = read_master_key_file(master_key_file)
+    else:
+        master = _default_master_key(
+            storage_path, store_is_empty, may_create
+        )
+    _register_with_logs(master)
+    return master
+
+
+def _default_master_key(
+    storage_path: Path, store_is_empty: bool, may_create: bool
+) -> MasterKey:
     path = default_master_key_path(storage_path)
     if path.exists():
         return read_master_key_file(path)
@@ -288,6 +307,11 @@ def resolve_master_key(
             "nor KEY_DAEMON_MASTER_KEY_FILE is set; set one of them to the "
             "store's master key (nothing was changed)"
         )
+    if not may_create:
+        raise MasterKeyError(
+            f"the key store {storage_path} holds no key and no master key "
+            f"yet: the first torro daemon start or rotate creates {path}"
+        )
     master = create_master_key_file(path)
     logging.getLogger(logs.SYSTEM).warning(
         "created a new master key in %s (mode 0400): it opens every key of "
@@ -297,3 +321,15 @@ def resolve_master_key(
         path,
     )
     return master
+
+
+def _register_with_logs(master: MasterKey) -> None:
+    data = master.reveal()
+    for text in (
+        data.hex(),
+        data.hex().upper(),
+        base64.b64encode(data).decode(),
+        base64.urlsafe_b64encode(data).decode(),
+        base64.b64encode(data).decode().rstrip("="),
+    ):
+        logs.register_secret(text)

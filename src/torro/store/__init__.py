@@ -38,8 +38,8 @@ def open_store(
         if settings.master_key is not None else None,
         settings.master_key_file,
         settings.storage_path,
-        create_master_key
-        and store_is_empty(settings.storage_path, settings.history_dir),
+        store_is_empty(settings.storage_path, settings.history_dir),
+        may_create=create_master_key,
     )
     return KeyStore(
         settings.storage_path,

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from torro.directories import make_directories
 from torro.errors import LockTimeout, StoreError
 
 
@@ -28,23 +29,22 @@ TEMP_SUFFIX = ".tmp"
 
 
 def ensure_directory(path: Path) -> bool:
-    """Create ``path`` (and parents) with mode 0700 unless it exists.
+    """Create ``path``, and its missing parents, 0700 unless it exists.
 
     :returns: True when the directory was created.
     """
     if path.is_dir():
         return False
     try:
-        path.mkdir(parents=True, mode=DIR_MODE)
+        return make_directories(path, DIR_MODE)
     except FileExistsError:
-        if path.is_dir():
-            return False
         raise StoreError(f"{path} exists and is not a directory") from None
+    except NotADirectoryError:
+        raise StoreError(
+            f"a parent of {path} exists and is not a directory"
+        ) from None
     except OSError as exc:
         raise _write_error(path, exc) from None
-    # mkdir applies the umask; the mode must not depend on it.
-    os.chmod(path, DIR_MODE)
-    return True
 
 
 def write_file(path: Path, data: bytes, *, durable: bool = True) -> None:
