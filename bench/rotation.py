@@ -8,7 +8,9 @@ two references it is judged against, measured in the same run:
 - a bare ``hashlib.pbkdf2_hmac`` with the same parameters;
 - one small-file write + fsync + rename in the same directory.
 
-It prints the median of each step and two ratios:
+It prints the median of each step (storage: the new record, history.json,
+current.json and the backup, until the rotation is durable; retention: the
+overwrite, flush and removal of the key beyond retention) and two ratios:
 
   (a) KDF + validation + sealing over the bare PBKDF2, target <= 1.1;
   (b) durable storage over the single small-file write, target <= 6.
@@ -87,6 +89,7 @@ def measure_rotations(workdir: Path, rounds: int, samples: int) -> None:
 
     steps: dict[str, list[float]] = {
         "kdf": [], "validation": [], "sealing": [], "storage": [],
+        "retention": [],
         "crypto": [], "rotation": [], "bare_pbkdf2": [], "bare_write": [],
     }
     for _ in range(samples):
@@ -97,6 +100,7 @@ def measure_rotations(workdir: Path, rounds: int, samples: int) -> None:
         steps["validation"].append(timings.validation)
         steps["sealing"].append(timings.sealing)
         steps["storage"].append(timings.storage)
+        steps["retention"].append(timings.retention)
         steps["crypto"].append(
             timings.kdf + timings.validation + timings.sealing
         )
@@ -107,7 +111,8 @@ def measure_rotations(workdir: Path, rounds: int, samples: int) -> None:
 
     print(f"\n{rounds} rounds, {samples} rotations, retention full "
           f"({MAX_HISTORY} keys; each rotation removes one)")
-    for name in ("kdf", "validation", "sealing", "storage", "rotation",
+    for name in ("kdf", "validation", "sealing", "storage", "retention",
+                 "rotation",
                  "bare_pbkdf2", "bare_write"):
         print(f"  {name:<12} {medians[name] * 1000:9.3f} ms")
     ratio_a = medians["crypto"] / medians["bare_pbkdf2"]

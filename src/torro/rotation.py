@@ -65,6 +65,7 @@ class RotationTimings:
     validation: float = 0.0
     sealing: float = 0.0
     storage: float = 0.0
+    retention: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,8 +311,12 @@ class KeyRotationDaemon:
         timings.sealing = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        removed = store.commit(record, material)
+        removed = store.commit(record, material, remove=False)
         timings.storage = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        store.remove_records(removed)
+        timings.retention = time.perf_counter() - clock
         return Rotation(record, removed, timings, 0.0)
 
     def _notice_change(self) -> None:

@@ -108,6 +108,8 @@ class KeyStore:
         self.archive_dir = self.layout.archive_dir
         self.sealer = sealer
         self._reader = StoreReader(self.layout, sealer)
+        # Each retained record's metadata as canonical JSON, by checksum.
+        self._fragments: dict[str, bytes] = {}
         self.encryption = encryption
         self.max_history = max_history
         self.integrity_check = integrity_check
@@ -352,7 +354,13 @@ class KeyStore:
         checksum = self.sealer.checksum(record.checksum_payload())
         return dataclasses.replace(record, checksum=checksum)
 
-    def commit(self, record: KeyRecord, material: KeyMaterial) -> list[int]:
+    def commit(
+        self,
+        record: KeyRecord,
+        material: KeyMaterial,
+        *,
+        remove: bool = True,
+    ) -> list[int]:
         """Make ``record`` the current key, durably (lock held).
 
         Writes the record, then history.json and current.json, then the
@@ -362,7 +370,9 @@ class KeyStore:
         it, the rotation has happened, and a failure of the backup or of
         a removal is only logged, for the next writer to complete.
 
-        :returns: the indexes removed by retention.
+        :param remove: destroy the files of the keys beyond retention;
+            without it the caller calls :meth:`remove_records`.
+        :returns: the indexes beyond retention.
         """
         self._require_lock()
         if self.problem is not None:
@@ -419,14 +429,23 @@ class KeyStore:
         self._stale = False
         with self._warn_on_error("back up", self.backup_dir):
             self._write_backup(record_bytes, history, durable=False)
-        for index in pruned:
+        self._signature = self._head_signature()
+        if remove:
+            self.remove_records(pruned)
+        return pruned
+
+    def remove_records(self, indexes: list[int]) -> None:
+        """Destroy the files of keys that history.json no longer lists.
+
+        :meth:`commit` does it for the keys beyond retention, unless told
+        to leave it to its caller.
+        """
+        for index in indexes:
             path = self.history_dir / f"key-{index}.json"
             with self._warn_on_error("remove", path):
                 files.destroy_file(path)
                 log.info("removed key %d, beyond retention of %d keys",
                          index, self.max_history)
-        self._signature = self._head_signature()
-        return pruned
 
     def _undo_commit(
         self, record_path: Path, staged: Path | None, history_written: bool
@@ -668,20 +687,31 @@ class KeyStore:
         next_index: int,
         retired: set[str],
     ) -> bytes:
-        document: dict[str, Any] = {
-            "format": HISTORY_FORMAT,
-            "current": current,
-            "nextIndex": next_index,
-            "masterKeyId": self.sealer.master_key_id,
-            "keys": [
-                records[index].metadata() for index in sorted(records)
-            ],
-            "retiredFingerprints": sorted(retired),
-        }
-        document["checksum"] = self.sealer.checksum(
-            canonical_json(document)
-        )
-        return json.dumps(document, indent=1).encode() + b"\n"
+        """Return history.json: its canonical JSON, checksum first.
+
+        The file is the very text the checksum covers, so it is built once
+        from each record's metadata, serialised when the record was first
+        seen, rather than from a fresh document every rotation.
+        """
+        fragments = {}
+        for index in sorted(records):
+            record = records[index]
+            fragment = self._fragments.get(record.checksum)
+            if fragment is None:
+                fragment = canonical_json(record.metadata())
+            fragments[record.checksum] = fragment
+        self._fragments = fragments
+        # canonical_json of the document: keys sorted, no spaces.
+        payload = b"".join((
+            b'{"current":%d,"format":%d,"keys":[' % (current, HISTORY_FORMAT),
+            b",".join(fragments.values()),
+            b'],"masterKeyId":', canonical_json(self.sealer.master_key_id),
+            b',"nextIndex":%d,"retiredFingerprints":' % next_index,
+            canonical_json(sorted(retired)),
+            b"}",
+        ))
+        checksum = self.sealer.checksum(payload)
+        return b'{"checksum":"%s",%s\n' % (checksum.encode(), payload[1:])
 
     def _finish_commit(self, found: Snapshot) -> None:
         current = found.current
