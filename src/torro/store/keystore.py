@@ -25,7 +25,6 @@ failure: rotation stops and ``torro keys verify`` names the first bad file.
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import shutil
