@@ -12,6 +12,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from fakes import FakeClock
+
+from torro.sealing import MasterKey
 
 
 # Settings that keep subprocess tests fast: a short schedule and the
@@ -221,3 +224,32 @@ def torro(tmp_path: Path) -> Iterator[Torro]:
     finally:
         runner.kill_leftovers()
 
+
+
+# -- key store fixtures --------------------------------------------------
+
+@pytest.fixture
+def umask_zero() -> Iterator[None]:
+    """Run the test under umask 000, as the most careless operator would.
+    """
+    previous = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def master() -> MasterKey:
+    return MasterKey(os.urandom(32))
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """Where a test's key store goes (created by the store itself)."""
+    return tmp_path / "keys"

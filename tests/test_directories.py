@@ -1,8 +1,6 @@
 """Tests for torro.directories: modes that do not depend on the umask."""
 
-import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,21 +8,12 @@ import pytest
 from torro.directories import make_directories
 
 
-@pytest.fixture
-def open_umask() -> Iterator[None]:
-    previous = os.umask(0)
-    try:
-        yield
-    finally:
-        os.umask(previous)
-
-
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
 def test_every_missing_parent_gets_the_mode(
-    tmp_path: Path, open_umask: None
+    tmp_path: Path, umask_zero: None
 ) -> None:
     target = tmp_path / "data" / "torro" / "keys"
 
@@ -35,7 +24,7 @@ def test_every_missing_parent_gets_the_mode(
 
 
 def test_an_existing_directory_is_left_alone(
-    tmp_path: Path, open_umask: None
+    tmp_path: Path, umask_zero: None
 ) -> None:
     existing = tmp_path / "shared"
     existing.mkdir(mode=0o755)

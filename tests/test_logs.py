@@ -24,14 +24,7 @@ def clean_logging() -> Iterator[None]:
     """Remove the handlers a test installed and the secrets it added."""
     secrets = logs._secrets
     yield
-    for name, handlers in logs._installed.items():
-        logger = logging.getLogger(name)
-        for handler in handlers:
-            logger.removeHandler(handler)
-            handler.close()
-        logger.propagate = True
-        logger.setLevel(logging.NOTSET)
-    logs._installed.clear()
+    logs.reset_logging()
     logs._secrets = secrets
 
 

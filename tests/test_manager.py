@@ -6,7 +6,6 @@ injected time, and the loop runs in this process, stopped by a timer.
 """
 
 import datetime
-import logging
 import os
 import re
 import secrets
@@ -17,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from fakes import START
 
 from torro import logs, manager, process
 from torro.config import Settings, load_settings
@@ -26,7 +26,6 @@ from torro.rotation import KeyRotationDaemon, RotationPolicy
 from torro.store import open_store
 
 
-START = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 INTERVAL = 60_000
 SLEEP = 100
 
@@ -196,14 +195,7 @@ def restore_process_state() -> Iterator[None]:
     yield
     for signum, handler in saved.items():
         signal.signal(signum, handler)
-    for name, handlers in logs._installed.items():
-        logger = logging.getLogger(name)
-        for handler in handlers:
-            logger.removeHandler(handler)
-            handler.close()
-        logger.propagate = True
-        logger.setLevel(logging.NOTSET)
-    logs._installed.clear()
+    logs.reset_logging()
 
 
 def after(seconds: float, action: Callable[[], None]) -> threading.Timer:

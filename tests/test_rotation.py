@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import START, FakeClock
 
 from torro import keygen
 from torro.errors import IntegrityError
@@ -14,20 +15,9 @@ from torro.rotation import KeyRotationDaemon, RotationPolicy
 from torro.sealing import MasterKey, Sealer
 from torro.store import KeyRecord, KeyStore, files
 
-START = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 INTERVAL = 1000
 DAY = 24 * 60 * 60 * 1000
 POLICY = RotationPolicy(rotation_interval_ms=INTERVAL, derivation_rounds=1000)
-
-
-class FakeClock:
-    """A clock that says what ``now`` says, in ms since the epoch."""
-
-    def __init__(self, now: int = START) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
 
 
 class ZeroRandom:
@@ -35,21 +25,6 @@ class ZeroRandom:
 
     def token_bytes(self, n: int) -> bytes:
         return bytes(n)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def master() -> MasterKey:
-    return MasterKey(os.urandom(32))
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "keys"
 
 
 def open_store(

@@ -5,7 +5,6 @@ import hashlib
 import hmac
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,15 +54,6 @@ def flip_byte(sealed: str, position: int) -> str:
 @pytest.fixture
 def sealer() -> Sealer:
     return Sealer(MasterKey(MASTER_BYTES))
-
-
-@pytest.fixture
-def umask_zero() -> Iterator[None]:
-    previous = os.umask(0)
-    try:
-        yield
-    finally:
-        os.umask(previous)
 
 
 # sealing

@@ -43,8 +43,12 @@ class IntegrityError(StoreError):
         super().__init__(message)
 
 
-class LockTimeout(StoreError):
-    """Another process held the store lock for too long."""
+class LockError(TorroError):
+    """A lock file cannot be opened."""
+
+
+class LockTimeout(LockError):
+    """Another process held a lock for too long."""
 
 
 class KeyValidationError(TorroError):

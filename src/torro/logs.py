@@ -320,6 +320,23 @@ def configure_logging(log_dir: Path, level: str, echo: bool = False) -> None:
     _installed.update(new)
 
 
+def reset_logging() -> None:
+    """Remove every handler :func:`configure_logging` installed.
+
+    The channel loggers propagate to the root logger again, as they did
+    before any configuration; for a process that embeds the daemon and
+    stops it.
+    """
+    for name, handlers in _installed.items():
+        logger = logging.getLogger(name)
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+    _installed.clear()
+
+
 def set_level(level: str) -> None:
     """Change the level of the three channels.
 

@@ -8,7 +8,6 @@ signalled.
 """
 
 import contextlib
-import errno
 import fcntl
 import os
 import select
@@ -19,7 +18,8 @@ import time
 from pathlib import Path
 
 from torro.directories import make_directories
-from torro.errors import DaemonError
+from torro.errors import DaemonError, LockError, LockTimeout
+from torro.locks import FileLock, same_file
 
 
 READY_FD_VARIABLE = "TORRO_READY_FD"
@@ -37,7 +37,7 @@ class PidFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd: int | None = None
+        self._lock = FileLock(path)
 
     def acquire(self, wait: float = 1.0) -> None:
         """Lock the PID file and write this process's PID into it.
@@ -46,53 +46,29 @@ class PidFile:
             check holds it for a moment, a running daemon for good.
         :raises DaemonError: when another daemon holds it.
         """
-        deadline = time.monotonic() + wait
-        while True:
-            fd = self._open()
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                if time.monotonic() >= deadline:
-                    pid = read_daemon_pid(self.path)
-                    raise DaemonError(
-                        f"a daemon is already running (pid {pid}, PID file "
-                        f"{self.path}): stop it with torro daemon stop"
-                    ) from None
-                time.sleep(0.02)
-                continue
-            if _same_file(fd, self.path):
-                break
-            os.close(fd)
+        try:
+            make_directories(self.path.parent, DIRECTORY_MODE)
+            self._lock.acquire(wait)
+        except LockTimeout:
+            pid = read_daemon_pid(self.path)
+            raise DaemonError(
+                f"a daemon is already running (pid {pid}, PID file "
+                f"{self.path}): stop it with torro daemon stop"
+            ) from None
+        except (LockError, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise DaemonError(
+                f"cannot open PID file {self.path}: {reason}; set "
+                "KEY_DAEMON_PID_FILE to a writable path"
+            ) from None
+        fd = self._lock.fd
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         os.fsync(fd)
-        self._fd = fd
 
     def release(self) -> None:
         """Remove the PID file and drop the lock."""
-        if self._fd is None:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            if _same_file(self._fd, self.path):
-                os.unlink(self.path)
-        os.close(self._fd)
-        self._fd = None
-
-    def _open(self) -> int:
-        try:
-            make_directories(self.path.parent, DIRECTORY_MODE)
-            fd = os.open(
-                self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-            )
-        except OSError as exc:
-            raise DaemonError(
-                f"cannot open PID file {self.path}: {exc.strerror}; set "
-                "KEY_DAEMON_PID_FILE to a writable path"
-            ) from None
-        with contextlib.suppress(PermissionError):
-            os.fchmod(fd, 0o600)
-        return fd
+        self._lock.release(remove=True)
 
 
 def read_daemon_pid(path: Path) -> int | None:
@@ -137,7 +113,7 @@ def remove_stale_pid_file(path: Path) -> bool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
-        if _same_file(fd, path):
+        if same_file(fd, path):
             os.unlink(path)
             return True
         return False
@@ -268,16 +244,3 @@ def stop_daemon(pid_file: Path, timeout: float = STOP_TIMEOUT) -> int | None:
         time.sleep(0.05)
     remove_stale_pid_file(pid_file)
     return pid
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        on_disk = os.stat(path)
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        if exc.errno == errno.ENOTDIR:
-            return False
-        raise
-    held = os.fstat(fd)
-    return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)

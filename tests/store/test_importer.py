@@ -12,7 +12,6 @@ and passwords/ belong to other features.
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import shutil
 import stat
@@ -190,19 +189,8 @@ def imported(
     try:
         report = import_directory(FIXTURE, store)
     finally:
-        _remove_log_handlers()
+        logs.reset_logging()
     yield FixtureImport(store, report, log_dir, before, tree_digest(FIXTURE))
-
-
-def _remove_log_handlers() -> None:
-    for name, handlers in logs._installed.items():
-        logger = logging.getLogger(name)
-        for handler in handlers:
-            logger.removeHandler(handler)
-            handler.close()
-        logger.propagate = True
-        logger.setLevel(logging.NOTSET)
-    logs._installed.clear()
 
 
 @needs_fixture

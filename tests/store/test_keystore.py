@@ -8,14 +8,16 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import START, FakeClock
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from torro.locks import FileLock
 from torro.errors import IntegrityError, MasterKeyError, StoreError
 from torro.material import KeyMaterial
 from torro.rotation import KeyRotationDaemon, RotationPolicy
@@ -23,7 +25,6 @@ from torro.sealing import InvalidSeal, MasterKey, Sealer
 from torro.store import KeyRecord, KeyStore, files
 from torro.store.records import canonical_json
 
-START = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 INTERVAL = 1000
 POLICY = RotationPolicy(rotation_interval_ms=INTERVAL, derivation_rounds=1000)
 RECORD_FIELDS = [
@@ -57,42 +58,8 @@ for _ in range(int(sys.argv[2])):
 """
 
 
-class FakeClock:
-    """A clock that says what ``now`` says, in ms since the epoch."""
-
-    def __init__(self, now: int = START) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-
 class Crash(Exception):
     """Stands for the process dying: nothing in torro catches it."""
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def master() -> MasterKey:
-    return MasterKey(os.urandom(32))
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "keys"
-
-
-@pytest.fixture
-def umask_zero() -> Iterator[None]:
-    previous = os.umask(0)
-    try:
-        yield
-    finally:
-        os.umask(previous)
 
 
 def open_store(
@@ -718,7 +685,7 @@ def test_wrong_master_key_is_refused_and_nothing_changes(
     assert str(on_load.value) == expected
     assert str(on_lock.value) == expected
     assert snapshot(root) == before
-    files.FileLock(root / ".lock").acquire(timeout=0)  # released
+    FileLock(root / ".lock").acquire(timeout=0)  # released
 
 
 # crash windows

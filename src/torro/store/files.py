@@ -12,15 +12,12 @@ Files are created 0600 and directories 0700 whatever the process umask.
 
 import contextlib
 import errno
-import fcntl
 import os
 import secrets
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from torro.directories import make_directories
-from torro.errors import LockTimeout, StoreError
+from torro.errors import StoreError
 
 
 FILE_MODE = 0o600
@@ -209,78 +206,3 @@ def _write_error(path: Path, exc: OSError) -> StoreError:
         errno.EROFS: "the filesystem is read-only",
     }.get(exc.errno, "nothing was changed")
     return StoreError(f"cannot write {path}: {exc.strerror}; {advice}")
-
-
-class FileLock:
-    """An exclusive advisory lock (flock) on a file, held by one process.
-
-    The lock file is checked after locking to still be the file at its
-    path, so a lock taken on a file that was moved or replaced meanwhile
-    (by a reset, say) is dropped and taken again.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def acquire(self, timeout: float) -> None:
-        """Take the lock, waiting at most ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        delay = 0.001
-        while True:
-            fd = self._open()
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(
-                        f"{self.path} is locked by another process for over "
-                        f"{timeout:g} s: wait for it to finish, or find it "
-                        f"with fuser {self.path}"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
-                continue
-            if self._is_current(fd):
-                self._fd = fd
-                return
-            os.close(fd)
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    @contextlib.contextmanager
-    def hold(self, timeout: float) -> Iterator[None]:
-        self.acquire(timeout)
-        try:
-            yield
-        finally:
-            self.release()
-
-    def _open(self) -> int:
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-        try:
-            fd = os.open(self.path, flags, FILE_MODE)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot open lock file {self.path}: {exc.strerror}"
-            ) from None
-        # Another user's lock file keeps its mode; only ours are fixed.
-        with contextlib.suppress(PermissionError):
-            os.fchmod(fd, FILE_MODE)
-        return fd
-
-    def _is_current(self, fd: int) -> bool:
-        try:
-            on_disk = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        held = os.fstat(fd)
-        return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)

@@ -55,6 +55,8 @@ from torro.store.keystore import (
     KeyStore,
     NewChainEntry,
 )
+from torro.store.layout import RECORD_NAME
+from torro.store.records import field_problem
 
 
 MIN_KEY_LENGTH = 16
@@ -75,15 +77,6 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "length": (int,),
     "derivedFrom": (int, type(None)),
 }
-_TYPE_NAMES = {
-    "key": "a string",
-    "index": "an integer",
-    "timestamp": "an integer",
-    "algorithm": "a string",
-    "length": "an integer",
-    "derivedFrom": "an integer or null",
-}
-_RECORD_NAME = re.compile(r"key-(0|[1-9][0-9]*)\.json")
 _LOWER_HEX = re.compile(r"[0-9a-f]*")
 # Names quoted in reasons; anything else might be a misplaced key.
 _PLAIN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
@@ -278,7 +271,7 @@ def _scan(
             if entry.is_dir():
                 skipped.append((name + "/", "a folder, not a key record"))
                 continue
-            match = _RECORD_NAME.fullmatch(entry.name)
+            match = RECORD_NAME.fullmatch(entry.name)
             if match is None:
                 skipped.append((name, "not a key record name (key-N.json)"))
                 continue
@@ -352,13 +345,9 @@ def _parse(data: bytes) -> dict[str, Any]:
         raise _Rejected("not valid JSON") from None
     if not isinstance(document, dict):
         raise _Rejected("not a JSON object")
-    for name, types in _FIELDS.items():
-        if name not in document:
-            raise _Rejected(f"field {name!r} is missing")
-        value = document[name]
-        # bool is an int in Python, never in a record.
-        if isinstance(value, bool) or not isinstance(value, types):
-            raise _Rejected(f"field {name!r} is not {_TYPE_NAMES[name]}")
+    problem = field_problem(document, _FIELDS)
+    if problem is not None:
+        raise _Rejected(problem)
     extra = sorted(set(document) - set(_FIELDS))
     if extra:
         raise _Rejected(
@@ -651,7 +640,7 @@ def _shown(text: str) -> str:
 def _skipped_order(item: tuple[str, str]) -> tuple[int, int, str]:
     name = item[0]
     if name.startswith(f"{HISTORY_NAME}/"):
-        match = _RECORD_NAME.fullmatch(name[len(HISTORY_NAME) + 1:])
+        match = RECORD_NAME.fullmatch(name[len(HISTORY_NAME) + 1:])
         if match:
             return (0, int(match.group(1)), name)
         return (1, 0, name)

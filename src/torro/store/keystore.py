@@ -35,6 +35,7 @@ from typing import Any
 
 from torro import logs
 from torro.errors import IntegrityError, StoreError
+from torro.locks import FileLock
 from torro.material import KeyMaterial
 from torro.sealing import Sealer
 from torro.store import files
@@ -113,7 +114,7 @@ class KeyStore:
         self.max_history = max_history
         self.integrity_check = integrity_check
         self.clock = clock
-        self._lock = files.FileLock(self.layout.lock_path)
+        self._lock = FileLock(self.layout.lock_path)
 
         self.records: dict[int, KeyRecord] = {}
         self.current: KeyRecord | None = None

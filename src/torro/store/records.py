@@ -142,16 +142,40 @@ def parse_record(data: bytes) -> KeyRecord:
     return record_from_document(document)
 
 
-def record_from_document(document: Any) -> KeyRecord:
-    if not isinstance(document, dict):
-        raise RecordError("not a JSON object")
-    for name, types in _FIELDS.items():
+def field_problem(
+    document: dict[str, Any], fields: dict[str, tuple[type, ...]]
+) -> str | None:
+    """Say what is wrong with the first bad field of a JSON object.
+
+    :param fields: each expected field with the Python types its JSON
+        value may have.
+    :returns: None when every field is there with a right type.
+    """
+    for name, types in fields.items():
         if name not in document:
-            raise RecordError(f"field {name!r} is missing")
+            return f"field {name!r} is missing"
         value = document[name]
         # bool is an int in Python, never in a record.
         if isinstance(value, bool) or not isinstance(value, types):
-            raise RecordError(f"field {name!r} has the wrong type")
+            return f"field {name!r} is not {_type_names(types)}"
+    return None
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    names = {
+        str: "a string",
+        int: "an integer",
+        type(None): "null",
+    }
+    return " or ".join(names.get(kind, kind.__name__) for kind in types)
+
+
+def record_from_document(document: Any) -> KeyRecord:
+    if not isinstance(document, dict):
+        raise RecordError("not a JSON object")
+    problem = field_problem(document, _FIELDS)
+    if problem is not None:
+        raise RecordError(problem)
     try:
         state = KeyState(document["state"])
     except ValueError:
