@@ -56,7 +56,7 @@ from torro.store.keystore import (
     NewChainEntry,
 )
 from torro.store.layout import RECORD_NAME
-from torro.store.records import field_problem
+from torro.store.records import DOCUMENTED_FIELDS, field_problem
 
 
 MIN_KEY_LENGTH = 16
@@ -68,15 +68,6 @@ MAX_RECORD_SIZE = 64 * 1024
 CURRENT_NAME = "current.json"
 HISTORY_NAME = "history"
 
-# The fields of a source record and their JSON types.
-_FIELDS: dict[str, tuple[type, ...]] = {
-    "key": (str,),
-    "index": (int,),
-    "timestamp": (int,),
-    "algorithm": (str,),
-    "length": (int,),
-    "derivedFrom": (int, type(None)),
-}
 _LOWER_HEX = re.compile(r"[0-9a-f]*")
 # Names quoted in reasons; anything else might be a misplaced key.
 _PLAIN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
@@ -345,10 +336,10 @@ def _parse(data: bytes) -> dict[str, Any]:
         raise _Rejected("not valid JSON") from None
     if not isinstance(document, dict):
         raise _Rejected("not a JSON object")
-    problem = field_problem(document, _FIELDS)
+    problem = field_problem(document, DOCUMENTED_FIELDS)
     if problem is not None:
         raise _Rejected(problem)
-    extra = sorted(set(document) - set(_FIELDS))
+    extra = sorted(set(document) - set(DOCUMENTED_FIELDS))
     if extra:
         raise _Rejected(
             "unexpected field " + ", ".join(_shown(name) for name in extra)

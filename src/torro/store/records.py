@@ -35,14 +35,19 @@ class RecordError(ValueError):
     """A record's JSON is not a well-formed key record."""
 
 
-# The record's fields in their order on disk, with their JSON types.
-_FIELDS: dict[str, tuple[type, ...]] = {
+# The fields of the original plaintext format, with their JSON types.
+DOCUMENTED_FIELDS: dict[str, tuple[type, ...]] = {
     "key": (str,),
     "index": (int,),
     "timestamp": (int,),
     "algorithm": (str,),
     "length": (int,),
     "derivedFrom": (int, type(None)),
+}
+# A record's fields in their order on disk: those, then what sealing and
+# integrity need.
+_FIELDS: dict[str, tuple[type, ...]] = {
+    **DOCUMENTED_FIELDS,
     "state": (str,),
     "fingerprint": (str,),
     "masterKeyId": (str,),
