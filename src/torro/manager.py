@@ -124,6 +124,8 @@ class DaemonManager:
         daemon = KeyRotationDaemon(
             store, RotationPolicy.from_settings(settings)
         )
+        # Taking the lock loads and verifies the store, and completes what
+        # a crash interrupted, before anything else happens.
         with store.locked():
             pass
         self.store, self.daemon = store, daemon
@@ -141,8 +143,8 @@ class DaemonManager:
         )
         if not settings.integrity_check:
             system_log.warning(
-                "KEY_DAEMON_INTEGRITY_CHECK is off: records other than the "
-                "current one are not verified on load"
+                "KEY_DAEMON_INTEGRITY_CHECK is off: the chain and "
+                "history.json are not checked against the records on load"
             )
 
     def _loop(self) -> None:
