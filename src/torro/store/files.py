@@ -101,29 +101,6 @@ def install_file(temp: Path, path: Path) -> None:
         raise _write_error(path, exc) from None
 
 
-def link_file(source: Path, path: Path) -> None:
-    """Make ``path`` another name of ``source``, replacing it atomically.
-
-    Both names then share one inode, so nothing new needs flushing but
-    the directory. Where a hard link is impossible (another filesystem),
-    the content is copied durably instead.
-    """
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
-    try:
-        os.link(source, temp)
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-            raise _write_error(path, exc) from None
-        data = read_file(source)
-        if data is None:
-            raise _write_error(
-                path, FileNotFoundError(errno.ENOENT, "source is gone")
-            ) from None
-        write_file(path, data)
-        return
-    install_file(temp, path)
-
-
 def sync_directory(path: Path) -> None:
     """Flush a directory so the renames and unlinks in it are durable."""
     try:

@@ -393,23 +393,23 @@ class KeyStore:
         )
         record_bytes = record.to_json()
 
-        # Each flush counts: the record's rename rides on the commit that
-        # flushes history.json, so the directory flush after it is cheap.
-        # The record is durable before history.json names it, and
-        # current.json is a second name (hard link) of the record, so it
-        # costs a rename and no write of its own.
+        # Each flush counts: history.json and current.json are flushed
+        # under their temporary names after the record's rename, so the
+        # same commit carries that rename and the directory flush after it
+        # is cheap. The record is durable before anything names it.
         self._stale = True
         files.ensure_directory(self.history_dir)
         record_path = self.history_dir / record.file_name
-        staged: Path | None = None
+        staged: list[Path] = []
         history_written = False
         try:
             files.write_file(record_path, record_bytes)
-            staged = files.stage_file(self.history_path, history)
+            staged.append(files.stage_file(self.history_path, history))
+            staged.append(files.stage_file(self.current_path, record_bytes))
             files.sync_directory(self.history_dir)
-            files.install_file(staged, self.history_path)
+            files.install_file(staged[0], self.history_path)
             history_written = True
-            files.link_file(record_path, self.current_path)
+            files.install_file(staged[1], self.current_path)
         except StoreError:
             # Until current.json names the record, a failed write leaves
             # the store as it was, so "nothing was changed" holds.
@@ -448,13 +448,13 @@ class KeyStore:
                          index, self.max_history)
 
     def _undo_commit(
-        self, record_path: Path, staged: Path | None, history_written: bool
+        self, record_path: Path, staged: list[Path], history_written: bool
     ) -> None:
         # history.json first, so that nothing ever names a missing record.
         try:
-            if staged is not None and not history_written:
+            for temp in staged:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(staged)
+                    os.unlink(temp)
             if history_written:
                 if self.current is None:
                     os.unlink(self.history_path)
