@@ -688,6 +688,35 @@ def test_wrong_master_key_is_refused_and_nothing_changes(
     FileLock(root / ".lock").acquire(timeout=0)  # released
 
 
+def test_wrong_master_key_is_refused_without_current_json(
+    root: Path, master: MasterKey, clock: FakeClock,
+    eight_keys: list[KeyRecord],
+) -> None:
+    """Found by a user: a reset went ahead under another master key
+    once current.json was gone, and restarted the store under it."""
+    (root / "current.json").unlink()
+    before = snapshot(root)
+    other = MasterKey(os.urandom(32))
+    store = open_store(root, other, clock)
+    daemon = KeyRotationDaemon(
+        store, RotationPolicy(rotation_interval_ms=1000,
+                              derivation_rounds=1000),
+        clock=clock,
+    )
+
+    with pytest.raises(MasterKeyError) as caught:
+        daemon.reset()
+
+    assert str(caught.value) == (
+        f"the master key (id {other.key_id}) did not write the key store "
+        f"{root} (its files name id {master.key_id}): set "
+        "KEY_DAEMON_MASTER_KEY_FILE or KEY_DAEMON_MASTER_KEY to this "
+        "store's master key; nothing was changed"
+    )
+    assert snapshot(root) == before
+    assert not list(root.parent.glob("keys.archive-*"))
+
+
 # crash windows
 
 

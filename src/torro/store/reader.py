@@ -78,8 +78,11 @@ class StoreReader:
                 ))
             return found
 
-        # The current record is opened first, so that a wrong master key
-        # stops everything before any other check or any write.
+        # The master key is checked first, on the current record when
+        # there is one, so that a wrong one stops everything before any
+        # other check or any write.
+        if _master_key_id(current_data) is None:
+            self._check_store_master_key(history_data, paths)
         if current_data is not None:
             path = str(self.layout.current_path)
             try:
@@ -141,6 +144,35 @@ class StoreReader:
         else:
             self._judge_with_history(found, history, checks)
         return found
+
+    def _check_store_master_key(
+        self, history_data: bytes | None, paths: dict[int, Path]
+    ) -> None:
+        """Refuse a master key that wrote none of the store's main files.
+
+        For a store whose current.json is missing or damaged. A damaged
+        file says nothing and is left to the integrity checks; but when
+        every file that names a master key names another one, the key is
+        wrong, not the store.
+        """
+        candidates = [history_data]
+        candidates.append(files.read_file(self.layout.backup_dir
+                                          / "current.json"))
+        if paths:
+            candidates.append(files.read_file(paths[max(paths)]))
+        named = set()
+        for data in candidates:
+            key_id = _master_key_id(data)
+            if key_id is not None:
+                named.add(key_id)
+        if named and self.sealer.master_key_id not in named:
+            raise MasterKeyError(
+                f"the master key (id {self.sealer.master_key_id}) did not "
+                f"write the key store {self.layout.root} (its files name id "
+                f"{', '.join(sorted(named))}): set KEY_DAEMON_MASTER_KEY_FILE"
+                " or KEY_DAEMON_MASTER_KEY to this store's master key; "
+                "nothing was changed"
+            )
 
     def _judge_without_history(
         self, found: Snapshot, missing: bool
@@ -389,6 +421,19 @@ class StoreReader:
             "nextIndex": next_index,
             "retiredFingerprints": retired,
         }
+
+
+def _master_key_id(data: bytes | None) -> str | None:
+    if data is None:
+        return None
+    try:
+        document = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    key_id = document.get("masterKeyId")
+    return key_id if isinstance(key_id, str) else None
 
 
 def _check_link(
