@@ -304,3 +304,31 @@ def test_damaged_store_stops_rotation_without_raising(
     with pytest.raises(IntegrityError):
         daemon.rotate(force=True)
     assert indexes_on_disk(root) == [0]
+
+
+def test_rotation_resumes_once_a_damaged_record_is_repaired(
+    root: Path, master: MasterKey, clock: FakeClock
+) -> None:
+    """Found by a user: a daemon whose store was damaged, then repaired,
+    never rotated again until restarted (only the head files were
+    watched for changes)."""
+    daemon = daemon_for(root, master, clock)
+    for _ in range(3):
+        daemon.rotate(force=True)
+    path = root / "history" / "key-1.json"
+    original = path.read_bytes()
+    document = json.loads(original)
+    document["timestamp"] += 1
+    path.write_text(json.dumps(document))
+    clock.now += INTERVAL
+
+    assert daemon.tick() is None
+    assert daemon.store.problem is not None
+    assert daemon.store.problem.path == str(path)
+
+    path.write_bytes(original)
+    rotation = daemon.tick()
+
+    assert daemon.store.problem is None
+    assert rotation is not None
+    assert rotation.record.index == 3

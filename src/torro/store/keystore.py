@@ -155,15 +155,24 @@ class KeyStore:
         self.retired_fingerprints = found.retired
         self._seen = set(found.retired)
         self._seen.update(r.fingerprint for r in found.records.values())
+        previous = self.problem
         self.problem = found.problems[0] if found.problems else None
         self._found = found
         self._current_material = None
         self._loaded = True
         self._stale = False
         self._signature = signature
-        if self.problem is not None:
+        # A damaged store is read again at every pass until it is fixed:
+        # its problem is logged when it appears or changes, not each time.
+        if self.problem is not None and (
+            previous is None or str(previous) != str(self.problem)
+        ):
             security_log.error(
                 "key store integrity check failed: %s", self.problem
+            )
+        elif self.problem is None and previous is not None:
+            security_log.warning(
+                "key store integrity check passes again (was: %s)", previous
             )
 
     @property
@@ -233,8 +242,12 @@ class KeyStore:
         )
 
     def changed_on_disk(self) -> bool:
-        """Tell whether another process may have changed the store."""
-        if self._stale or not self._loaded:
+        """Tell whether another process may have changed the store.
+
+        A store with a problem counts as changed: it is read again until
+        an operator has fixed it.
+        """
+        if self._stale or not self._loaded or self.problem is not None:
             return True
         if self._head_signature() != self._signature:
             return True
