@@ -1,6 +1,7 @@
 """Tests for torro.rotation: the schedule, one rotation, subscribers."""
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -8,7 +9,7 @@ from typing import Any
 import pytest
 from fakes import START, FakeClock
 
-from torro import keygen
+from torro import keygen, logs
 from torro.errors import IntegrityError
 from torro.material import fingerprint
 from torro.rotation import KeyRotationDaemon, RotationPolicy
@@ -261,13 +262,25 @@ def test_rotation_by_another_store_is_noticed_once(
 
 
 def test_rejected_key_stores_nothing_and_next_tick_retries(
-    root: Path, master: MasterKey, clock: FakeClock
+    root: Path, master: MasterKey, clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     daemon = daemon_for(root, master, clock, random=ZeroRandom())
     seen: list[KeyRecord] = []
     daemon.subscribe(seen.append)
 
-    assert daemon.tick() is None
+    with caplog.at_level(logging.INFO):
+        assert daemon.tick() is None
+
+    assert [
+        (r.name, r.levelname, r.getMessage()) for r in caplog.records
+        if r.name == logs.SECURITY
+    ] == [(
+        logs.SECURITY, "WARNING",
+        "new key for index 0 rejected, nothing stored: key "
+        f"{fingerprint(bytes(32))} looks degenerate: byte entropy 0.00 "
+        "bits is below 3.50; generate a new key",
+    )]
 
     zero_key = fingerprint(bytes(32))
     assert daemon.stats.failed_rotations == 1

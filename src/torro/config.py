@@ -52,24 +52,28 @@ _FALSE_WORDS = frozenset({"false", "0", "no"})
 _LOG_LEVEL_ALIASES = {"warning": "warn"}
 _WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
 
+# Longest sleep or rotation interval: 10 years of 365 days. Longer ones
+# overflow the clocks and dates the daemon computes with.
+MAX_INTERVAL_MS = 10 * 365 * 24 * 3600 * 1000
+# Most derivation rounds: each rotation then spends seconds in PBKDF2
+# per digest of key length; far more would stall it for hours.
+MAX_DERIVATION_ROUNDS = 10_000_000
+
+_INTERVAL_ADVICE = (
+    f"use a whole number of milliseconds greater than 0 and at most "
+    f"{MAX_INTERVAL_MS} (10 years)"
+)
+
 # Lowest and highest allowed value (None: no upper bound) and the advice
 # given when a whole-number setting is malformed or out of range.
 _WHOLE_NUMBER_RULES: dict[str, tuple[int, int | None, str]] = {
-    "sleep_interval_ms": (
-        1,
-        None,
-        "use a whole number of milliseconds greater than 0",
-    ),
-    "rotation_interval_ms": (
-        1,
-        None,
-        "use a whole number of milliseconds greater than 0",
-    ),
+    "sleep_interval_ms": (1, MAX_INTERVAL_MS, _INTERVAL_ADVICE),
+    "rotation_interval_ms": (1, MAX_INTERVAL_MS, _INTERVAL_ADVICE),
     "key_length": (16, 1024, "use a whole number of bytes from 16 to 1024"),
     "derivation_rounds": (
         1000,
-        None,
-        "use a whole number of rounds, 1000 or more",
+        MAX_DERIVATION_ROUNDS,
+        f"use a whole number of rounds from 1000 to {MAX_DERIVATION_ROUNDS}",
     ),
     "max_history": (1, None, "use a whole number of keys, 1 or more"),
 }
@@ -81,6 +85,10 @@ _PATH_KINDS = {
     "pid_file": "a file",
     "master_key_file": "a file",
 }
+
+# Directories whose name the key store builds sibling paths from
+# (<name>.staging, <name>.archive-..., <name>.master-key).
+_STORE_DIRECTORIES = ("storage_path", "history_path")
 
 # Longest part of a bad value repeated in an error message.
 _SHOWN_VALUE_LIMIT = 64
@@ -245,7 +253,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"contains a NUL character: use the path of {kind}"
             )
-        return Path(text)
+        path = Path(text)
+        if info.field_name in _STORE_DIRECTORIES:
+            path = _named_directory(path)
+        return path
 
     @field_validator("master_key", mode="before")
     @classmethod
@@ -394,6 +405,30 @@ def _parse_whole_number(value: Any) -> int | None:
     except ValueError:
         # More digits than Python converts: far beyond any bound.
         return None
+
+
+def _named_directory(path: Path) -> Path:
+    """Return a store directory as a path that ends in its own name.
+
+    ``.``, ``..`` and ``a/b/..`` have no name of their own to build
+    sibling paths from, so they are resolved to an absolute path; other
+    paths are kept as given.
+
+    :raises ValueError: the path is, or resolves to, the root directory.
+    """
+    if path.name not in ("", ".."):
+        return path
+    try:
+        path = path.resolve()
+    except (OSError, RuntimeError):
+        raise ValueError(
+            "cannot be resolved: use the path of a directory"
+        ) from None
+    if not path.name:
+        raise ValueError(
+            "is the root directory: use a directory of its own"
+        )
+    return path
 
 
 def _read_env_file(path: Path) -> dict[str, str]:

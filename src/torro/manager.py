@@ -20,7 +20,7 @@ from typing import Any
 
 from torro import __version__, logs, process
 from torro.config import Settings, load_settings
-from torro.errors import StoreError, TorroError
+from torro.errors import KeyValidationError, StoreError, TorroError
 from torro.rotation import KeyRotationDaemon, RotationPolicy
 from torro.store import KeyStore, open_store, store_is_empty
 
@@ -130,7 +130,11 @@ class DaemonManager:
             pass
         self.store, self.daemon = store, daemon
         if store.current is None and store.problem is None:
-            daemon.rotate(force=True)
+            try:
+                daemon.rotate(force=True)
+            except KeyValidationError:
+                # Logged by the rotation; the loop tries again.
+                pass
         current = store.current
         system_log.info(
             "daemon %s started: pid %d, store %s, current key %s, "

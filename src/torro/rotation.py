@@ -19,6 +19,7 @@ from pathlib import Path
 from torro import keygen, logs
 from torro.config import Settings
 from torro.errors import KeyValidationError, TorroError
+from torro.material import KeyMaterial
 from torro.store import KeyRecord, KeyStore, NewChainEntry
 
 
@@ -200,10 +201,7 @@ class KeyRotationDaemon:
                 self.policy.key_length, self.random
             )
             seen = store.seen_fingerprints
-            if self.policy.validation_enabled:
-                keygen.validate_key(
-                    material.reveal_hex(), self.policy.key_length, seen
-                )
+            self._validate(material, next_index)
             archive = None if purge else store.archive_path()
             entry = NewChainEntry(
                 material, next_index, now, self.policy.algorithm, None
@@ -254,11 +252,9 @@ class KeyRotationDaemon:
                 return None
             return self.rotate(now=now)
         except KeyValidationError as exc:
+            # rotate() has told the security log.
             self._count_failure(exc)
-            security_log.warning(
-                "new key rejected, nothing stored, next cycle retries: %s",
-                exc,
-            )
+            log.warning("rotation failed, next cycle retries: %s", exc)
         except TorroError as exc:
             self._count_failure(exc)
             system_log.error("rotation failed, next cycle retries: %s", exc)
@@ -292,12 +288,7 @@ class KeyRotationDaemon:
         timings.kdf = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        if policy.validation_enabled:
-            keygen.validate_key(
-                material.reveal_hex(),
-                policy.key_length,
-                store.seen_fingerprints,
-            )
+        self._validate(material, store.next_index)
         timings.validation = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -318,6 +309,23 @@ class KeyRotationDaemon:
         store.remove_records(removed)
         timings.retention = time.perf_counter() - clock
         return Rotation(record, removed, timings, 0.0)
+
+    def _validate(self, material: KeyMaterial, index: int) -> None:
+        """Check a new key when validation is on; log and raise if bad."""
+        if not self.policy.validation_enabled:
+            return
+        try:
+            keygen.validate_key(
+                material.reveal_hex(),
+                self.policy.key_length,
+                self.store.seen_fingerprints,
+            )
+        except KeyValidationError as exc:
+            security_log.warning(
+                "new key for index %d rejected, nothing stored: %s",
+                index, exc,
+            )
+            raise
 
     def _notice_change(self) -> None:
         current = self.store.current
