@@ -28,6 +28,7 @@ from torro.store import open_store
 
 INTERVAL = 60_000
 SLEEP = 100
+DAY = 24 * 60 * 60 * 1000
 
 
 @pytest.fixture
@@ -183,6 +184,23 @@ def test_overdue_after_two_rotation_intervals_past_due(
         "rotation overdue by 86400 s: see the system log"
     )
     assert late.integrity == "ok"
+
+
+def test_key_dated_in_the_future_makes_status_unhealthy(
+    settings: Settings,
+) -> None:
+    """Found by a user: after the clock went back a day, status said
+    healthy with a negative key age while rotation waited."""
+    rotate_at(settings, START + DAY)
+
+    status = daemon_status(settings, now=START)
+
+    assert status.integrity == "clock_behind"
+    assert status.problem == (
+        "the current key (index 0) is dated 86400 s in the future: the "
+        "clock is behind; rotation waits until it catches up"
+    )
+    assert not status.healthy
 
 
 # -- DaemonManager, in this process ---------------------------------------

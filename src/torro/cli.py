@@ -8,6 +8,7 @@ none holds logic of its own. Errors meant for the operator print one line,
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -15,7 +16,7 @@ from typing import Any, NoReturn
 import click
 
 from torro import __version__, logs, process
-from torro.config import Settings, load_settings
+from torro.config import Settings, load_pid_file, load_settings
 from torro.errors import TorroError
 from torro.manager import (
     DaemonManager,
@@ -107,9 +108,12 @@ def daemon_start() -> None:
 
 @daemon.command("stop")
 def daemon_stop() -> None:
-    """Stop the running daemon (SIGTERM) and wait until it has exited."""
-    settings = _settings()
-    pid = process.stop_daemon(settings.pid_file)
+    """Stop the running daemon (SIGTERM) and wait until it has exited.
+
+    Only KEY_DAEMON_PID_FILE is read, so that a bad value of another
+    setting does not keep a running daemon from being stopped.
+    """
+    pid = process.stop_daemon(load_pid_file())
     if pid is None:
         click.echo("no daemon is running")
     else:
@@ -405,6 +409,11 @@ def _run(entry: Callable[..., Any], argv: list[str] | None) -> int:
     except click.exceptions.Abort:
         click.echo("torro: aborted", err=True)
         return 1
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # a group without a command: its help, as click prints it, but on
+        # stdout; the exit code still says that nothing was done
+        click.echo(exc.ctx.get_help())
+        return exc.exit_code
     except click.ClickException as exc:
         hint = ""
         if isinstance(exc, click.UsageError) and exc.ctx is not None:
@@ -413,14 +422,41 @@ def _run(entry: Callable[..., Any], argv: list[str] | None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:
+        # the environment refused something (a name too long, a full
+        # disk, no permission): the operator's to fix, not a bug
+        system_log.error("command failed", exc_info=exc)
+        _fail(_os_error_message(exc))
+        return 1
     except Exception as exc:
-        system_log.error("unexpected error in the CLI", exc_info=exc)
+        # the traceback goes into the message, not exc_info, so that the
+        # system log holds it whatever the level
+        system_log.error(
+            "unexpected error in the CLI: %s",
+            "".join(traceback.format_exception(exc)).rstrip("\n"),
+        )
+        system_file = logs.log_file(logs.SYSTEM)
+        advice = "this is a bug: please report it with this line" \
+            if system_file is None else \
+            f"this is a bug: please report it with the traceback in " \
+            f"{system_file}"
         _fail(
             f"unexpected {type(exc).__name__}: {logs.one_line(str(exc))}; "
-            "this is a bug: please report it with the system log"
+            f"{advice}"
         )
         return EXIT_SOFTWARE
     return result if isinstance(result, int) else 0
+
+
+def _os_error_message(error: OSError) -> str:
+    """Return ``<filename>: <strerror>`` for an error from the system."""
+    reason = error.strerror or str(error) or type(error).__name__
+    names = [
+        str(name)
+        for name in (error.filename, error.filename2)
+        if name is not None
+    ]
+    return ": ".join([" -> ".join(names), reason] if names else [reason])
 
 
 def _fail(message: str) -> None:

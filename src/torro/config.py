@@ -12,7 +12,12 @@ add, are ignored wherever they come from. Values in ``.env`` are taken
 literally: ``${NAME}`` is not expanded.
 
 Relative paths are kept as given; they are relative to the working
-directory of the process that uses them.
+directory of the process that uses them. The one exception is a key store
+or history directory given as ``.`` or ending in ``..``: it is made
+absolute, so that it ends in a name of its own.
+
+:func:`load_pid_file` reads and checks ``KEY_DAEMON_PID_FILE`` alone, so
+that a running daemon can be stopped while another setting is bad.
 """
 
 import io
@@ -371,15 +376,50 @@ def load_settings(
     :raises ConfigError: a value is invalid (the first in documentation
         order is reported), or the ``.env`` file cannot be read or parsed.
     """
+    return _checked_settings(_gather(variable_names(), environ, env_file))
+
+
+def load_pid_file(
+    environ: Mapping[str, str] | None = None,
+    env_file: Path | None = Path(".env"),
+) -> Path:
+    """Read and check ``KEY_DAEMON_PID_FILE`` alone.
+
+    The value is found and checked as :func:`load_settings` does, but no
+    other setting is read: a bad one does not keep an operator from
+    stopping the daemon.
+
+    :param environ: the environment to read; None means ``os.environ``.
+    :param env_file: a ``.env`` file, as for :func:`load_settings`.
+    :raises ConfigError: the value is invalid, or the ``.env`` file
+        cannot be read or parsed.
+    """
+    variable = str(Settings.model_fields["pid_file"].validation_alias)
+    values = _gather([variable], environ, env_file)
+    return _checked_settings(values).pid_file
+
+
+def _gather(
+    names: list[str],
+    environ: Mapping[str, str] | None,
+    env_file: Path | None,
+) -> dict[str, str]:
+    """Return the values of ``names``; the environment beats ``.env``."""
     if environ is None:
         environ = os.environ
-    names = variable_names()
     values: dict[str, str] = {}
     if env_file is not None:
         from_file = _read_env_file(env_file)
         values.update((k, v) for k, v in from_file.items() if k in names)
     values.update((k, environ[k]) for k in names if k in environ)
+    return values
 
+
+def _checked_settings(values: dict[str, str]) -> Settings:
+    """Build the settings; defaults stand in for variables not given.
+
+    :raises ConfigError: a value is invalid.
+    """
     # The message is built outside the handler so that the ConfigError
     # carries no pydantic context, which would repeat the raw values.
     try:

@@ -21,7 +21,10 @@ the message with line breaks escaped. An attached exception adds its type
 and message; its traceback is added only when the level is debug.
 
 The log directory is created 0700 and the files 0600, whatever the umask.
-Files are followed across an external logrotate. A failure to write a log
+An existing log file we own is made 0600 when it is opened; an existing
+directory is left as it is, with a warning in ``system.log`` when group
+or others may write to it. Files are followed across an external
+logrotate. A failure to write a log
 line never reaches the code that logged it.
 
 Secrets registered with :func:`register_secret` are replaced by
@@ -32,6 +35,7 @@ must still never log key material.
 import logging
 import logging.handlers
 import os
+import stat
 import sys
 import threading
 import time
@@ -277,7 +281,8 @@ def configure_logging(log_dir: Path, level: str, echo: bool = False) -> None:
     can change the directory or level without duplicating lines.
 
     :param log_dir: created 0700 (with its parents) if missing; the mode
-        of an existing directory is left alone.
+        of an existing directory is left alone, with a warning in
+        ``system.log`` if group or others may write to it.
     :param level: debug, info, warn (or warning) or error.
     :param echo: also write every event to stderr, as the foreground
         daemon does.
@@ -286,7 +291,7 @@ def configure_logging(log_dir: Path, level: str, echo: bool = False) -> None:
     """
     level_number = _level_number(level)
     formatter = LineFormatter(tracebacks=level_number <= logging.DEBUG)
-    _ensure_log_dir(log_dir)
+    loose_mode = _ensure_log_dir(log_dir)
 
     # open every new file before touching the installed handlers, so a
     # failure leaves the previous configuration working
@@ -318,6 +323,25 @@ def configure_logging(log_dir: Path, level: str, echo: bool = False) -> None:
         logger.propagate = False
     _installed.clear()
     _installed.update(new)
+
+    if loose_mode is not None:
+        logging.getLogger(SYSTEM).warning(
+            "log directory %s is writable by group or others (mode %o): "
+            "chmod 0700 it, or anyone allowed may replace the log files",
+            log_dir,
+            loose_mode,
+        )
+
+
+def log_file(channel: str) -> Path | None:
+    """Return the file a channel writes to; None when it is not set up.
+
+    :param channel: :data:`ROTATION`, :data:`SECURITY` or :data:`SYSTEM`.
+    """
+    for handler in _installed.get(channel, []):
+        if isinstance(handler, _LogFileHandler):
+            return Path(handler.baseFilename)
+    return None
 
 
 def reset_logging() -> None:
@@ -380,13 +404,16 @@ def _level_name(level_number: int) -> str:
     return "DEBUG"
 
 
-def _ensure_log_dir(log_dir: Path) -> None:
+def _ensure_log_dir(log_dir: Path) -> int | None:
     """Create ``log_dir`` 0700 unless it exists.
 
+    :returns: the mode of an existing directory that group or others may
+        write to, to be warned about; None otherwise.
     :raises ConfigError: it cannot be created or is not a directory.
     """
     if log_dir.is_dir():
-        return
+        mode = stat.S_IMODE(log_dir.stat().st_mode)
+        return mode if mode & 0o022 else None
     try:
         make_directories(log_dir, DIR_MODE)
     except FileExistsError:
@@ -399,21 +426,26 @@ def _ensure_log_dir(log_dir: Path) -> None:
             f"cannot create log directory {log_dir}: "
             f"{exc.strerror or exc}: check KEY_DAEMON_LOG_DIR"
         ) from None
+    return None
 
 
 def _open_log_file(path: str) -> int:
     """Open ``path`` for appending and return the descriptor.
 
-    A file created here is 0600 whatever the umask; the mode of an
-    existing file is left alone.
+    The file ends up 0600 whatever the umask: a file created here is made
+    so, and so is an existing file this process's user owns (the mode of
+    another user's file is left alone).
     """
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
     try:
         fd = os.open(path, flags | os.O_EXCL, FILE_MODE)
     except FileExistsError:
-        return os.open(path, flags, FILE_MODE)
+        fd = os.open(path, flags, FILE_MODE)
     try:
-        os.fchmod(fd, FILE_MODE)
+        status = os.fstat(fd)
+        if status.st_uid == os.geteuid() \
+                and stat.S_IMODE(status.st_mode) != FILE_MODE:
+            os.fchmod(fd, FILE_MODE)
     except OSError:
         os.close(fd)
         raise

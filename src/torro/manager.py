@@ -292,6 +292,9 @@ def daemon_status(settings: Settings, now: int | None = None) -> DaemonStatus:
         status.problem = str(store.problem)
     elif store.current is None:
         status.integrity = "empty"
+    elif store.clock_problem(now) is not None:
+        status.integrity = "clock_behind"
+        status.problem = store.clock_problem(now)
     else:
         status.integrity = "ok"
     current = store.current

@@ -238,14 +238,18 @@ class KeyRotationDaemon:
             self.store.refresh()
             self._notice_change()
             if self.store.problem is not None:
-                self._report_once(
-                    f"rotation stopped: {self.store.problem}",
-                    security=True,
-                )
+                message = f"rotation stopped: {self.store.problem}"
+                self._report_once(message, message)
                 return None
             clock_problem = self.store.clock_problem(now)
             if clock_problem:
-                self._report_once(clock_problem, security=True)
+                # The message counts the seconds; the key it is about
+                # says whether it is news.
+                assert self.store.current is not None
+                self._report_once(
+                    f"clock behind key {self.store.current.index}",
+                    clock_problem,
+                )
                 return None
             self._reported = None
             if not self.is_due(now):
@@ -352,9 +356,10 @@ class KeyRotationDaemon:
         self.stats.failed_rotations += 1
         self.stats.last_error = str(exc) or type(exc).__name__
 
-    def _report_once(self, message: str, *, security: bool) -> None:
-        if message == self._reported:
+    def _report_once(self, what: str, message: str) -> None:
+        """Log why rotation is stopped, once for as long as it lasts."""
+        if what == self._reported:
             return
-        self._reported = message
-        (security_log if security else system_log).error(message)
+        self._reported = what
+        security_log.error(message)
 

@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -39,6 +40,8 @@ from torro.material import KeyMaterial
 
 MASTER_KEY_LENGTH = 32
 NONCE_LENGTH = 12
+# Most bytes read from a master key file, which holds 64 or 65.
+MASTER_KEY_FILE_LIMIT = 4096
 SEALED_PREFIX = "torro:v1:"
 
 _SEALING_LABEL = b"torro sealing key v1"
@@ -113,9 +116,14 @@ def _decode_base64(text: str) -> bytes | None:
 
 def read_master_key_file(path: Path) -> MasterKey:
     """Read a master key file: 64 hex characters, a trailing newline allowed.
+
+    At most :data:`MASTER_KEY_FILE_LIMIT` bytes are read; a larger file,
+    or anything but a regular file (a device, a FIFO, a directory), is
+    refused before reading.
     """
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise MasterKeyError(
             f"master key file {path} does not exist: point "
@@ -127,6 +135,29 @@ def read_master_key_file(path: Path) -> MasterKey:
             f"cannot read master key file {path}: {exc.strerror}; check its "
             "owner and mode (0400 for the daemon's user)"
         ) from None
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise MasterKeyError(
+                f"master key file {path} is not a regular file: point "
+                "KEY_DAEMON_MASTER_KEY_FILE at a file holding 64 hex "
+                "characters"
+            )
+        raw = _read_at_most(fd, MASTER_KEY_FILE_LIMIT + 1)
+    except OSError as exc:
+        raise MasterKeyError(
+            f"cannot read master key file {path}: {exc.strerror}; check its "
+            "owner and mode (0400 for the daemon's user)"
+        ) from None
+    finally:
+        os.close(fd)
+    if max(status.st_size, len(raw)) > MASTER_KEY_FILE_LIMIT:
+        raise MasterKeyError(
+            f"master key file {path} is larger than "
+            f"{MASTER_KEY_FILE_LIMIT} bytes: point "
+            "KEY_DAEMON_MASTER_KEY_FILE at a file holding 64 hex characters"
+        )
+
     text = raw[:-1] if raw.endswith(b"\n") else raw
     # bytes.fromhex skips whitespace, so the characters are checked first.
     if _MASTER_KEY_HEX.fullmatch(text) is None:
@@ -135,15 +166,29 @@ def read_master_key_file(path: Path) -> MasterKey:
             f"(one 32-byte key), optionally followed by a newline"
         )
     data = bytes.fromhex(text.decode("ascii"))
-    mode = path.stat().st_mode & 0o077
-    if mode:
+    mode = stat.S_IMODE(status.st_mode)
+    if mode & 0o077:
         log.warning(
             "master key file %s is readable by group or others (mode %o): "
             "chmod 0400 it",
             path,
-            path.stat().st_mode & 0o777,
+            mode,
         )
     return MasterKey(data)
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    """Return up to ``limit`` bytes from ``fd``, stopping at end of file.
+    """
+    chunks = []
+    left = limit
+    while left > 0:
+        chunk = os.read(fd, left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def create_master_key_file(path: Path) -> MasterKey:
@@ -193,6 +238,15 @@ def default_master_key_path(storage_path: Path) -> Path:
     store alone cannot open the keys.
     """
     storage_path = storage_path.absolute()
+    if storage_path.name in ("", ".."):
+        # ".", ".." and "a/b/.." name no directory of their own; the
+        # parent of their text would lie inside the store.
+        storage_path = storage_path.resolve()
+    if not storage_path.name:
+        raise MasterKeyError(
+            f"the key store {storage_path} is the root directory: set "
+            "KEY_STORAGE_PATH to a directory of its own"
+        )
     return storage_path.parent / f"{storage_path.name}.master-key"
 
 

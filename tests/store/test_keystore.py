@@ -22,7 +22,7 @@ from torro.errors import IntegrityError, MasterKeyError, StoreError
 from torro.material import KeyMaterial
 from torro.rotation import KeyRotationDaemon, RotationPolicy
 from torro.sealing import InvalidSeal, MasterKey, Sealer
-from torro.store import KeyRecord, KeyStore, files
+from torro.store import KeyRecord, KeyStore, NewChainEntry, files, now_ms
 from torro.store.records import canonical_json
 
 INTERVAL = 1000
@@ -1119,6 +1119,8 @@ def test_two_processes_rotating_share_one_chain(
     assert sorted(first + second) == list(range(40))
     assert min(first) < max(second) and min(second) < max(first)
 
+    # The writers ran on the real clock: judge their keys by it.
+    clock.now = now_ms()
     store = reopen(root, master, clock)
 
     assert store.problem is None
@@ -1187,3 +1189,47 @@ def test_commit_by_hand_makes_the_record_current(
     again = reopen(root, master, clock)
     assert again.current == record
     assert again.current_material() == material
+
+
+# verify: the archive and the clock
+
+
+def test_verify_checks_archived_records(
+    root: Path, master: MasterKey, clock: FakeClock
+) -> None:
+    """Found by a user: a truncated or deleted archived record passed
+    verify."""
+    store = open_store(root, master, clock, max_history=2)
+    entries = [
+        NewChainEntry(KeyMaterial(os.urandom(32)), index, START + index,
+                      "sha256", index - 1 if index else None)
+        for index in range(6)
+    ]
+    with store.locked():
+        store.write_chain(entries[4:], next_index=6, archived=entries[:4])
+    assert store.verify() == []
+
+    (root / "archive" / "key-1.json").write_bytes(b"{")
+    (root / "archive" / "key-2.json").unlink()
+
+    assert [(p.path, p.reason) for p in store.verify()] == [
+        (str(root / "archive" / "key-1.json"),
+         "not a key record: not valid JSON"),
+        (str(root / "archive" / "key-3.json"),
+         "does not chain to key-0.json (an archived record was removed or "
+         "replaced)"),
+    ]
+
+
+def test_verify_reports_a_current_key_dated_in_the_future(
+    root: Path, master: MasterKey, clock: FakeClock
+) -> None:
+    store = open_store(root, master, clock)
+    rotate(store, clock)
+    clock.now -= 24 * 60 * 60 * 1000
+
+    assert [(p.path, p.reason) for p in store.verify()] == [(
+        str(root / "current.json"),
+        "the current key (index 0) is dated 86400 s in the future: the "
+        "clock is behind; rotation waits until it catches up",
+    )]

@@ -280,7 +280,42 @@ class KeyStore:
                 problems.append(IntegrityError(
                     str(path), "key does not match its fingerprint"
                 ))
+        problems.extend(self._check_archive())
         problems.extend(self._check_backup())
+        clock_problem = self.clock_problem()
+        if clock_problem is not None and not found.problems:
+            problems.append(IntegrityError(
+                str(self.current_path), clock_problem,
+                "check the system clock",
+            ))
+        return problems
+
+    def _check_archive(self) -> list[IntegrityError]:
+        """Check every archived record: checksum, seal and chain."""
+        problems = []
+        previous: KeyRecord | None = None
+        paths = self.layout.record_files(self.archive_dir)
+        for index in sorted(paths):
+            path = str(paths[index])
+            try:
+                data = files.read_file(paths[index])
+                if data is None:
+                    continue
+                record = self._reader.parse(path, data, index)
+                self._reader.verify_record(path, record)
+                self._reader.open_record(path, record)
+                if previous is not None \
+                        and record.previous_checksum != previous.checksum:
+                    raise IntegrityError(
+                        path,
+                        f"does not chain to key-{previous.index}.json (an "
+                        "archived record was removed or replaced)",
+                    )
+            except IntegrityError as exc:
+                # The next record is checked against the last good one.
+                problems.append(exc)
+                continue
+            previous = record
         return problems
 
     # -- writing -------------------------------------------------------
