@@ -14,12 +14,15 @@ import secrets
 import shutil
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from conftest import FAST_SETTINGS
 
-from torro.config import load_settings
+from torro import cli, logs
+from torro.config import load_settings, variable_names
 from torro.rotation import KeyRotationDaemon, RotationPolicy
 from torro.store import open_store
 
@@ -107,6 +110,37 @@ def shown_key(outcome: "Outcome") -> str:
     return match.group(1)
 
 
+@pytest.fixture
+def here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """Run the CLI in this process, in a clean directory with fast settings.
+
+    Spares an interpreter start where a test needs no separate process.
+    """
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    for name in variable_names():
+        monkeypatch.delenv(name, raising=False)
+    for name, value in FAST_SETTINGS.items():
+        monkeypatch.setenv(name, value)
+    try:
+        yield cwd.resolve()
+    finally:
+        logs.reset_logging()
+
+
+def run_here(
+    capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str, str]:
+    """Run ``torro args`` in this process; return code, stdout, stderr."""
+    capsys.readouterr()
+    code = cli._run(cli.cli.main, list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 # -- configuration ------------------------------------------------------
 
 @pytest.mark.parametrize(("name", "value"), BAD_SETTINGS)
@@ -143,6 +177,39 @@ def test_config_check_accepts_valid_settings(torro: "Torro") -> None:
         0, "configuration ok\n", ""
     )
     assert os.listdir(torro.cwd) == []
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"KEY_DAEMON_DERIVATION_ROUNDS": "99999999999999999999"},
+        {"KEY_DAEMON_DERIVATION_ROUNDS": "4294967296"},
+        {"KEY_DAEMON_DERIVATION_ROUNDS": "2147483648"},
+        {"KEY_DAEMON_ROTATION_INTERVAL": "1000000000000000"},
+        {
+            "KEY_DAEMON_SLEEP_INTERVAL": "10000000000000",
+            "KEY_DAEMON_ROTATION_INTERVAL": "10000000000000",
+        },
+    ],
+)
+def test_config_check_refuses_values_that_crashed_later(
+    here: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    environ: dict[str, str],
+) -> None:
+    # each passed the check, then ended in "unexpected ...; this is a
+    # bug" (exit 70) in rotate, status or the daemon loop
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+
+    code, out, err = run_here(capsys, "config", "check")
+
+    assert (code, out) == (2, "")
+    name, value = next(iter(environ.items()))
+    assert err.startswith(f"torro: error: {name}={value} is out of range: ")
+    assert err.endswith(" (10 years)\n") or err.endswith(" to 10000000\n")
+    assert len(err.splitlines()) == 1
 
 
 def test_config_show_redacts_the_master_key(torro: "Torro") -> None:
@@ -196,6 +263,199 @@ def test_unknown_command_exits_2(torro: "Torro") -> None:
     assert one_error(under_daemon, 2) == (
         "torro: error: No such command 'explode'. (see torro daemon --help)"
     )
+
+
+@pytest.mark.parametrize(
+    "group", [(), ("daemon",), ("keys",), ("config",)], ids=str
+)
+def test_bare_group_prints_its_help_not_an_escaped_error(
+    here: Path,
+    capsys: pytest.CaptureFixture[str],
+    group: tuple[str, ...],
+) -> None:
+    # it printed "torro: error: Usage: ...\n\n ..." on one line
+    code, help_text, err = run_here(capsys, *group, "--help")
+    assert (code, err) == (0, "")
+
+    code, out, err = run_here(capsys, *group)
+
+    assert (code, out, err) == (2, help_text, "")
+    command = " ".join(("torro", *group))
+    assert out.startswith(f"Usage: {command} [OPTIONS] COMMAND [ARGS]...\n")
+    assert "\\n" not in out
+
+
+def test_bare_module_prints_help(torro: "Torro") -> None:
+    outcome = torro.run()
+
+    assert (outcome.code, outcome.stderr) == (2, "")
+    assert outcome.stdout.startswith("Usage: torro [OPTIONS] COMMAND")
+    assert "\nCommands:\n" in outcome.stdout
+    assert os.listdir(torro.cwd) == []
+
+
+# -- stopping and the store's place -------------------------------------
+
+def test_stop_reads_only_the_pid_file_setting(
+    here: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a bad unrelated setting made stop exit 2: the daemon could not be
+    # stopped
+    monkeypatch.setenv("KEY_DAEMON_SLEEP_INTERVAL", "abc")
+    (here / ".env").write_text(
+        "KEY_DAEMON_KEY_LENGTH=8\nKEY_DAEMON_PID_FILE=run/daemon.pid\n"
+    )
+    asked = []
+
+    def stop_daemon(pid_file: Path) -> int:
+        asked.append(pid_file)
+        return 4321
+
+    code, out, err = run_here(capsys, "daemon", "stop")
+    assert (code, out, err) == (0, "no daemon is running\n", "")
+
+    monkeypatch.setattr(cli.process, "stop_daemon", stop_daemon)
+    code, out, err = run_here(capsys, "daemon", "stop")
+    assert (code, out, err) == (0, "daemon stopped (pid 4321)\n", "")
+    assert asked == [Path("run/daemon.pid")]
+
+    (here / ".env").write_text("KEY_DAEMON_PID_FILE=\n")
+    code, out, err = run_here(capsys, "daemon", "stop")
+    assert (code, out) == (2, "")
+    assert err == (
+        "torro: error: KEY_DAEMON_PID_FILE='' is empty: use the path of a "
+        "file\n"
+    )
+    assert sorted(os.listdir(here)) == [".env"]
+
+
+@pytest.mark.parametrize(
+    ("storage", "store", "master_key"),
+    [
+        (".", ".", "../work.master-key"),
+        ("deep/s3/..", "deep", "deep.master-key"),
+    ],
+)
+def test_store_without_a_name_keeps_its_master_key_outside(
+    here: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    storage: str,
+    store: str,
+    master_key: str,
+) -> None:
+    # "." ended in "unexpected ValueError: PosixPath('.') has an empty
+    # name"; "deep/s3/.." put the master key inside the store
+    monkeypatch.setenv("KEY_STORAGE_PATH", storage)
+
+    code, out, err = run_here(capsys, "daemon", "rotate")
+
+    assert (code, err) == (0, "")
+    assert out.startswith("rotated to key 0 ")
+    assert (here / store / "current.json").is_file()
+    key_file = (here / master_key).resolve()
+    assert key_file.is_file()
+    assert (here / store).resolve() not in key_file.parents
+
+
+# -- errors from the environment and bugs -------------------------------
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("KEY_STORAGE_PATH", "afile"),
+        ("KEY_STORAGE_PATH", "/dev/null"),
+        ("KEY_HISTORY_PATH", "/dev/null"),
+    ],
+)
+def test_store_path_that_is_no_directory_is_named_as_such(
+    here: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+) -> None:
+    # it said "no master key for the key store ...: it holds keys"
+    (here / "afile").write_text("")
+    monkeypatch.setenv(variable, value)
+
+    for command in (("daemon", "rotate"), ("keys", "verify")):
+        code, out, err = run_here(capsys, *command)
+
+        assert (code, out) == (2, "")
+        assert err == (
+            f"torro: error: {variable}={value} is not a directory: point it "
+            "at a directory (it is created if missing)\n"
+        )
+    assert sorted(os.listdir(here)) == ["afile", "logs"]
+
+
+def test_os_error_is_an_operator_error_not_a_bug(
+    here: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # "unexpected OSError: [Errno 36] File name too long ...; this is a
+    # bug" (exit 70)
+    name = "k" * 300
+    monkeypatch.setenv("KEY_STORAGE_PATH", name)
+
+    code, out, err = run_here(capsys, "daemon", "rotate")
+
+    assert (code, out) == (1, "")
+    assert err == f"torro: error: {name}: File name too long\n"
+    (line,) = (here / "logs/system.log").read_text().splitlines()
+    assert " ERROR command failed: OSError: [Errno 36] " in line
+
+
+def test_unexpected_error_logs_its_traceback_at_info_level(
+    here: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the advice said "report it with the system log", which held one
+    # line and no traceback below the debug level
+    def broken(settings: object) -> None:
+        raise RuntimeError("invariant broken\nhere")
+
+    monkeypatch.setattr(cli, "_rotation_daemon", broken)
+
+    code, out, err = run_here(capsys, "daemon", "rotate")
+
+    system_log = here / "logs/system.log"
+    assert (code, out) == (cli.EXIT_SOFTWARE, "")
+    assert err == (
+        "torro: error: unexpected RuntimeError: invariant broken\\nhere; "
+        "this is a bug: please report it with the traceback in "
+        f"{system_log}\n"
+    )
+    (line,) = system_log.read_text().splitlines()
+    assert " ERROR unexpected error in the CLI: Traceback (most recent " \
+        "call last):\\n" in line
+    assert "in broken\\n" in line
+    assert line.endswith("RuntimeError: invariant broken\\nhere")
+
+
+def test_unexpected_error_without_logs_asks_for_its_line(
+    here: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(settings: object) -> None:
+        raise RuntimeError("invariant broken")
+
+    monkeypatch.setattr(cli, "daemon_status", broken)
+
+    code, out, err = run_here(capsys, "daemon", "status")
+
+    assert (code, out) == (cli.EXIT_SOFTWARE, "")
+    assert err == (
+        "torro: error: unexpected RuntimeError: invariant broken; this is "
+        "a bug: please report it with this line\n"
+    )
+    assert os.listdir(here) == []
 
 
 # -- the master key -----------------------------------------------------
@@ -405,7 +665,9 @@ def test_restore_after_losing_current_json(torro: "Torro") -> None:
     assert "keys/current.json" in line
     restored = torro.run("keys", "restore")
     assert (restored.code, restored.stdout) == (
-        0, "restored from keys/backup: current key 1\n"
+        0,
+        "wrote keys/history.json\nwrote keys/current.json\n"
+        "restored: current key 1\n",
     )
     assert current.read_bytes() == original
     verified = torro.run("keys", "verify")

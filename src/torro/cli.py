@@ -321,15 +321,34 @@ def keys_import(source: Path) -> None:
 
 @keys.command("restore")
 def keys_restore() -> None:
-    """Restore current.json and history.json from backup/, after checking.
+    """Rebuild current.json and history.json from what survives.
+
+    Every record, history.json, current.json and the backup are verified
+    under the master key; the store is rebuilt from those that pass. A
+    damaged record comes back from a spare copy when there is one, a key
+    with no intact copy is reported lost, and files that do not fit are
+    set aside in archive/, never deleted.
     """
     settings = _with_logs(_settings())
     store = open_existing_store(settings)
     with store.locked():
-        record = store.restore_backup()
-    click.echo(
-        f"restored from {store.backup_dir}: current key {record.index}"
-    )
+        restored = store.restore()
+    if not restored.changed:
+        click.echo(
+            f"nothing to restore: the store verifies (current key "
+            f"{restored.current.index})"
+        )
+        return
+    for path in restored.rewritten:
+        click.echo(f"wrote {path}")
+    for index in restored.set_aside:
+        click.echo(f"set aside key-{index}.json in {store.archive_dir}")
+    for index, fingerprint in sorted(restored.lost.items()):
+        click.echo(
+            f"lost key {index} (fingerprint {fingerprint or 'unknown'}): no "
+            "intact copy is left; licenses signed with it no longer verify"
+        )
+    click.echo(f"restored: current key {restored.current.index}")
 
 
 def _key_summary(store: KeyStore, index: int) -> dict[str, Any]:

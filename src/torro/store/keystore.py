@@ -42,6 +42,7 @@ from torro.store import files
 from torro.store.layout import StoreLayout
 from torro.store.reader import Snapshot, StoreReader
 from torro.store.records import KeyRecord, KeyState, canonical_json
+from torro.store.restore import plan_restore
 
 
 # A timestamp this far ahead of the clock is accepted, to allow for skew.
@@ -70,6 +71,25 @@ class NewChainEntry:
     timestamp: int
     algorithm: str
     derived_from: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """What :meth:`KeyStore.restore` did.
+
+    :param current: the current key afterwards.
+    :param rewritten: the files written again.
+    :param lost: keys with no intact copy left, with their fingerprints
+        when known.
+    :param set_aside: indexes of record files moved to archive/.
+    :param changed: False when the store needed nothing.
+    """
+
+    current: KeyRecord
+    rewritten: list[str]
+    lost: dict[int, str | None]
+    set_aside: list[int]
+    changed: bool = True
 
 
 class KeyStore:
@@ -529,51 +549,123 @@ class KeyStore:
                 action, path, exc,
             )
 
-    def restore_backup(self) -> KeyRecord:
-        """Put backup/current.json and backup/history.json back in place.
+    def restore(self) -> "Restored":
+        """Rebuild current.json and history.json from what survives.
 
-        The backup is verified first; nothing is written if it does not
-        open under the master key or does not match the records on disk.
+        Lock held. The records, history.json, current.json and the backup
+        are each verified under the master key, and the store is rebuilt
+        from those that pass, by the rules of torro.store.restore: a
+        missing or damaged record comes back from a spare copy when there
+        is one, a key with no intact copy is reported lost, and files that
+        do not fit are set aside in archive/, never deleted.
+
+        :raises StoreError: when nothing opens under the master key.
         """
         self._require_lock()
-        current_data = files.read_file(self.backup_dir / "current.json")
-        history_data = files.read_file(self.backup_dir / "history.json")
-        if current_data is None or history_data is None:
+        if self.problem is None and self.current is not None:
+            return Restored(self.current, [], {}, [], changed=False)
+        plan = plan_restore(
+            self._intact_records(),
+            self._intact_spares(),
+            self._intact_listings(),
+        )
+        if plan is None:
             raise StoreError(
-                f"{self.backup_dir} holds no complete backup "
-                "(current.json and history.json): nothing to restore"
+                f"nothing in {self.root} opens under the master key: no "
+                "record, history.json or backup to rebuild from; restore "
+                "the directory from a backup of your own, or start over "
+                "with torro daemon reset"
             )
-        backup_current = self._backup_path("current.json")
-        record = self._reader.parse(backup_current, current_data, None)
-        self._reader.check_master_key(backup_current, record)
-        self._reader.verify_record(backup_current, record)
-        self._reader.open_record(backup_current, record)
-        history = self._reader.parse_history(
-            self._backup_path("history.json"), history_data
-        )
-        if history["current"] != record.index:
-            raise IntegrityError(
-                self._backup_path("history.json"),
-                f"names key {history['current']} as current but "
-                f"backup/current.json holds key {record.index}",
-                "the backup is inconsistent: restore it by hand",
-            )
+
         files.ensure_directory(self.history_dir)
-        record_path = self.history_dir / record.file_name
-        if files.read_file(record_path) != current_data:
-            files.write_file(record_path, current_data)
-            files.sync_directory(self.history_dir)
-        files.write_file(self.history_path, history_data)
-        files.write_file(self.current_path, current_data)
-        files.sync_directory(self.root)
-        self._stale = True
-        security_log.warning(
-            "restored current.json and history.json from %s (current key "
-            "%d)", self.backup_dir, record.index
+        rewritten = []
+        for index, record in sorted(plan.copies.items()):
+            path = self.layout.record_path(index)
+            files.write_file(path, record.to_json())
+            rewritten.append(str(path))
+        set_aside = self._set_aside(
+            index for index in self.layout.record_files()
+            if index not in plan.kept and index >= plan.lowest
         )
+        files.sync_directory(self.history_dir)
+        current = plan.current
+        history = self._history_bytes(
+            plan.kept, current.index, plan.next_index, plan.retired
+        )
+        current_bytes = current.to_json()
+        files.write_file(self.history_path, history)
+        files.write_file(self.current_path, current_bytes)
+        files.sync_directory(self.root)
+        self._write_backup(current_bytes, history, durable=True)
+        rewritten += [str(self.history_path), str(self.current_path)]
+        security_log.warning(
+            "restored the key store %s: current key %d, %d keys kept, "
+            "lost %s, set aside %s",
+            self.root, current.index, len(plan.kept),
+            sorted(plan.lost) or "none", set_aside or "none",
+        )
+        self._stale = True
         self.load()
         self.recover()
+        if self.problem is not None:
+            raise self.problem
+        return Restored(current, rewritten, plan.lost, set_aside)
+
+    def _intact_records(self) -> dict[int, KeyRecord]:
+        intact = {}
+        for index, path in self.layout.record_files().items():
+            record = self._intact(path, index)
+            if record is not None:
+                intact[index] = record
+        return intact
+
+    def _intact_spares(self) -> list[KeyRecord]:
+        spares = []
+        for path in (self.current_path, self.backup_dir / "current.json"):
+            record = self._intact(path, None)
+            if record is not None:
+                spares.append(record)
+        return spares
+
+    def _intact_listings(self) -> list[dict[str, Any]]:
+        listings = []
+        for path in (self.history_path, self.backup_dir / "history.json"):
+            data = files.read_file(path)
+            if data is None:
+                continue
+            try:
+                listings.append(self._reader.parse_history(str(path), data))
+            except IntegrityError:
+                continue
+        return listings
+
+    def _intact(self, path: Path, index: int | None) -> KeyRecord | None:
+        """Return the record at ``path`` if it verifies and opens."""
+        data = files.read_file(path)
+        if data is None:
+            return None
+        try:
+            record = self._reader.parse(str(path), data, index)
+            self._reader.verify_record(str(path), record)
+            self._reader.open_record(path, record)
+        except IntegrityError:
+            return None
         return record
+
+    def _set_aside(self, indexes: Iterable[int]) -> list[int]:
+        """Move record files out of the store's way, into archive/."""
+        moved = []
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        for index in sorted(indexes):
+            if not moved:
+                files.ensure_directory(self.archive_dir)
+            path = self.layout.record_path(index)
+            target = self.archive_dir / f"set-aside-{stamp}-{path.name}"
+            os.replace(path, target)
+            moved.append(index)
+        if moved:
+            files.sync_directory(self.archive_dir)
+        return moved
 
     def write_chain(
         self,

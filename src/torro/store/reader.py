@@ -408,6 +408,10 @@ class StoreReader:
                 entry["index"]: entry["checksum"]
                 for entry in document["keys"]
             }
+            fingerprints = {
+                entry["index"]: entry["fingerprint"]
+                for entry in document["keys"]
+            }
             current = document["current"]
             next_index = document["nextIndex"]
             retired = document["retiredFingerprints"]
@@ -417,6 +421,7 @@ class StoreReader:
             raise bad("names no current key, or a wrong next index")
         return {
             "keys": keys,
+            "fingerprints": fingerprints,
             "current": current,
             "nextIndex": next_index,
             "retiredFingerprints": retired,

@@ -1,0 +1,149 @@
+"""Decide how to rebuild a damaged key store from what survives.
+
+Every record carries its own checksum, so the records are the source of
+truth; history.json and its backup copy say which records the store held
+and which fingerprints it retired, and current.json and its backup copy
+are spare copies of one record each. :func:`plan_restore` weighs all of
+them and returns a :class:`RestorePlan`; the key store carries it out
+(see :meth:`torro.store.keystore.KeyStore.restore`).
+
+The rules, in order:
+
+1. The listing is the newer of history.json and backup/history.json that
+   verify under the master key; the retired fingerprints of both count.
+2. A listed key is kept when a copy of it with the listed checksum opens:
+   its own file first, else current.json or backup/current.json. A listed
+   key with no such copy is lost.
+3. A record newer than the listing is kept while it chains on to the
+   newest kept key: the listing may be a rotation or more behind.
+4. A file below the oldest listed key is a leftover of retention; any
+   other file that is not kept is set aside in archive/, never deleted.
+5. Without any listing, every record that opens is kept.
+"""
+
+import dataclasses
+from typing import Any
+
+from torro.store.records import KeyRecord
+
+
+@dataclasses.dataclass
+class RestorePlan:
+    """What a restore keeps, writes back, sets aside and reports lost.
+
+    :param kept: the retained records after the restore, by index.
+    :param copies: kept records whose own file is missing or damaged and
+        is written again from a spare copy, by index.
+    :param lost: listed keys with no intact copy, with their
+        fingerprints when the listing gives them.
+    :param lowest: the oldest key the store held; files below it are
+        leftovers of retention.
+    :param next_index: where the next key goes.
+    :param retired: fingerprints of every key the store no longer holds.
+    """
+
+    kept: dict[int, KeyRecord]
+    copies: dict[int, KeyRecord]
+    lost: dict[int, str | None]
+    lowest: int
+    next_index: int
+    retired: set[str]
+
+    @property
+    def current(self) -> KeyRecord:
+        return self.kept[max(self.kept)]
+
+
+def plan_restore(
+    records: dict[int, KeyRecord],
+    spares: list[KeyRecord],
+    listings: list[dict[str, Any]],
+) -> RestorePlan | None:
+    """Weigh what survives of a store; return None when nothing does.
+
+    :param records: the records of history/ that verify and open.
+    :param spares: current.json and backup/current.json, when they verify
+        and open.
+    :param listings: history.json and backup/history.json, parsed and
+        verified (see StoreReader.parse_history).
+    """
+    retired: set[str] = set()
+    for listing in listings:
+        retired.update(listing["retiredFingerprints"])
+    listing = max(listings, key=lambda item: item["current"], default=None)
+    candidates = _candidates(records, spares)
+    if listing is None:
+        if not candidates:
+            return None
+        kept = {index: copies[0] for index, copies in candidates.items()}
+        return RestorePlan(
+            kept=kept,
+            copies=_copies_needed(kept, records),
+            lost={},
+            lowest=min(kept),
+            next_index=max(kept) + 1,
+            retired=retired,
+        )
+
+    listed: dict[int, str] = listing["keys"]
+    kept = {}
+    lost: dict[int, str | None] = {}
+    for index, checksum in sorted(listed.items()):
+        match = next(
+            (c for c in candidates.get(index, []) if c.checksum == checksum),
+            None,
+        )
+        if match is None:
+            lost[index] = listing["fingerprints"].get(index)
+        else:
+            kept[index] = match
+    newest = max(kept, default=None)
+    for index in sorted(i for i in candidates if i > max(listed)):
+        if newest is None:
+            break
+        previous = kept[newest]
+        following = next(
+            (c for c in candidates[index]
+             if c.previous_checksum == previous.checksum),
+            None,
+        )
+        if following is None:
+            break
+        kept[index] = following
+        newest = index
+    if not kept:
+        return None
+
+    for fingerprint in lost.values():
+        if fingerprint is not None:
+            retired.add(fingerprint)
+    return RestorePlan(
+        kept=kept,
+        copies=_copies_needed(kept, records),
+        lost=lost,
+        lowest=min(listed),
+        next_index=max(listing["nextIndex"], max(kept) + 1),
+        retired=retired,
+    )
+
+
+def _candidates(
+    records: dict[int, KeyRecord], spares: list[KeyRecord]
+) -> dict[int, list[KeyRecord]]:
+    """Every intact copy of each key: its own file first, then spares."""
+    candidates = {index: [record] for index, record in records.items()}
+    for spare in spares:
+        copies = candidates.setdefault(spare.index, [])
+        if all(c.checksum != spare.checksum for c in copies):
+            copies.append(spare)
+    return candidates
+
+
+def _copies_needed(
+    kept: dict[int, KeyRecord], records: dict[int, KeyRecord]
+) -> dict[int, KeyRecord]:
+    return {
+        index: record for index, record in kept.items()
+        if records.get(index) is None
+        or records[index].checksum != record.checksum
+    }
