@@ -8,9 +8,11 @@ two references it is judged against, measured in the same run:
 - a bare ``hashlib.pbkdf2_hmac`` with the same parameters;
 - one small-file write + fsync + rename in the same directory.
 
-It prints the median of each step (storage: the new record, history.json,
-current.json and the backup, until the rotation is durable; retention: the
-overwrite, flush and removal of the key beyond retention) and two ratios:
+It prints the median of each step (lock: taking the store lock and reading
+the store again; storage: the new record, history.json and current.json
+flushed, and the backup copies written, until the rotation is durable;
+retention: the overwrite, flush and removal of the key beyond retention)
+and two ratios:
 
   (a) KDF + validation + sealing over the bare PBKDF2, target <= 1.1;
   (b) durable storage over the single small-file write, target <= 6.
@@ -18,7 +20,7 @@ overwrite, flush and removal of the key beyond retention) and two ratios:
 Then it builds a store of 10,000 keys and times loading it (every
 checksum and the chain verified) and a full verify (every key opened).
 
-Usage: python bench/rotation.py [--rounds 10000 50000] [--samples 31]
+Usage: python bench/rotation.py [--rounds 10000 50000] [--samples 41]
        [--dir DIR]   (DIR: where the stores go; default: a temp dir)
 """
 
@@ -65,6 +67,13 @@ def bare_write(directory: Path, size: int) -> float:
     return time.perf_counter() - started
 
 
+def measure_references(
+    steps: dict[str, list[float]], rounds: int, directory: Path, size: int
+) -> None:
+    steps["bare_pbkdf2"].append(bare_pbkdf2(rounds))
+    steps["bare_write"].append(bare_write(directory, size))
+
+
 def measure_rotations(workdir: Path, rounds: int, samples: int) -> None:
     root = workdir / f"store-{rounds}"
     store = KeyStore(
@@ -88,14 +97,20 @@ def measure_rotations(workdir: Path, rounds: int, samples: int) -> None:
     record_size = (root / "current.json").stat().st_size
 
     steps: dict[str, list[float]] = {
-        "kdf": [], "validation": [], "sealing": [], "storage": [],
-        "retention": [],
+        "lock": [], "kdf": [], "validation": [], "sealing": [],
+        "storage": [], "retention": [],
         "crypto": [], "rotation": [], "bare_pbkdf2": [], "bare_write": [],
     }
-    for _ in range(samples):
+    for sample in range(samples):
+        # The references go before the rotation in one sample and after
+        # it in the next, so that neither side always runs on a disk the
+        # other has just made busy.
+        if sample % 2:
+            measure_references(steps, rounds, root, record_size)
         rotation = daemon.rotate(force=True)
         assert rotation is not None
         timings = rotation.timings
+        steps["lock"].append(timings.lock)
         steps["kdf"].append(timings.kdf)
         steps["validation"].append(timings.validation)
         steps["sealing"].append(timings.sealing)
@@ -105,14 +120,14 @@ def measure_rotations(workdir: Path, rounds: int, samples: int) -> None:
             timings.kdf + timings.validation + timings.sealing
         )
         steps["rotation"].append(rotation.duration)
-        steps["bare_pbkdf2"].append(bare_pbkdf2(rounds))
-        steps["bare_write"].append(bare_write(root, record_size))
+        if not sample % 2:
+            measure_references(steps, rounds, root, record_size)
     medians = {name: statistics.median(v) for name, v in steps.items()}
 
     print(f"\n{rounds} rounds, {samples} rotations, retention full "
           f"({MAX_HISTORY} keys; each rotation removes one)")
-    for name in ("kdf", "validation", "sealing", "storage", "retention",
-                 "rotation",
+    for name in ("lock", "kdf", "validation", "sealing", "storage",
+                 "retention", "rotation",
                  "bare_pbkdf2", "bare_write"):
         print(f"  {name:<12} {medians[name] * 1000:9.3f} ms")
     ratio_a = medians["crypto"] / medians["bare_pbkdf2"]
@@ -165,7 +180,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, nargs="+",
                         default=[10_000, 50_000])
-    parser.add_argument("--samples", type=int, default=31)
+    parser.add_argument("--samples", type=int, default=41)
     parser.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="torro-bench-", dir=args.dir))

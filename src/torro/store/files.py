@@ -115,10 +115,17 @@ def sync_directory(path: Path) -> None:
         os.close(fd)
 
 
-def read_file(path: Path) -> bytes | None:
+def read_file(path: Path | str) -> bytes | None:
     """Return the content of ``path``, or None when it does not exist."""
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        return b"".join(chunks)
     except FileNotFoundError:
         return None
     except IsADirectoryError:

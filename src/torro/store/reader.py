@@ -116,7 +116,7 @@ class StoreReader:
                 # A gap: history.json names the missing record.
                 previous = None
             try:
-                data = files.read_file(paths[index])
+                data = files.read_file(path)
                 if data is None:
                     continue
                 record = self.parse(path, data, index)
