@@ -295,17 +295,26 @@ def keys_import(source: Path) -> None:
     Every record that can be trusted is sealed into the (empty) store
     with its index, timestamp and derivedFrom; each record skipped or
     doubtful is printed with the reason. Keys beyond
-    KEY_DAEMON_MAX_HISTORY go to the store's archive/.
+    KEY_DAEMON_MAX_HISTORY go to the store's archive/. A source with
+    nothing to import, or a store that holds keys already, leaves no
+    trace: no store, master key or logs.
     """
-    from torro.store.importer import import_directory
+    from torro.store import importer
+    from torro.store.keystore import now_ms
 
-    settings = _with_logs(_settings())
-    store = open_store(settings)
-    report = import_directory(
-        source, store, validate=settings.validation_enabled
+    settings = _settings()
+    importer.require_empty_store(settings.storage_path, settings.history_dir)
+    plan = importer.read_source(
+        source, now=now_ms(), validate=settings.validation_enabled
     )
-    for name, reason in report.skipped:
+    for name, reason in plan.skipped:
         click.echo(f"skipped {name}: {reason}")
+    plan.require_records()
+
+    # only now is there something to write
+    _with_logs(settings)
+    store = open_store(settings)
+    report = importer.write_plan(plan, store)
     for index, reason in report.doubtful:
         click.echo(f"doubtful key {index}: {reason}")
     for name in report.ignored:

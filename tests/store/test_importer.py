@@ -11,15 +11,18 @@ and passwords/ belong to other features.
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from torro import keygen, logs
 from torro.errors import StoreError
@@ -27,7 +30,12 @@ from torro.material import KeyMaterial
 from torro.rotation import KeyRotationDaemon, RotationPolicy
 from torro.sealing import MasterKey, Sealer
 from torro.store import importer
-from torro.store.importer import ImportReport, import_directory
+from torro.store.importer import (
+    ImportReport,
+    import_directory,
+    read_source,
+    write_plan,
+)
 from torro.store.keystore import (
     CLOCK_SKEW_ALLOWANCE_MS,
     KeyStore,
@@ -35,6 +43,9 @@ from torro.store.keystore import (
 )
 from torro.store.records import parse_record
 
+
+if TYPE_CHECKING:
+    from conftest import Torro
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "node-keys"
 needs_fixture = pytest.mark.skipif(
@@ -458,9 +469,9 @@ SKIP_CASES: dict[str, tuple[str, Any, str]] = {
         "timestamp -1 is negative",
     ),
     "timestamp going backwards": (
-        "history/key-2.json", record(2, timestamp=T0 + 1000 - 5),
-        "dated 5 ms before history/key-1.json (key 1), the trusted record "
-        "before it",
+        "history/key-2.json", record(2, timestamp=T0 - 5),
+        "dated out of order with its neighbours (1005 ms before "
+        "history/key-1.json, the record kept before it)",
     ),
     "future timestamp": (
         "history/key-2.json",
@@ -646,6 +657,334 @@ def test_without_validation_degenerate_and_repeated_keys_import(
     assert report.imported == [0, 1, 2]
     assert report.skipped == []
     assert store.material(1).reveal() == bytes(32)
+
+
+# -- the order of timestamps -------------------------------------------------
+
+
+def chain(count: int, **changed: dict[str, Any]) -> dict[str, Any]:
+    """Keys 0 to count - 1, current.json a copy of the last; ``changed``
+    maps "key-N" to fields that differ from :func:`record`."""
+    files = {}
+    for index in range(count):
+        fields = changed.get(f"key-{index}", {})
+        files[f"history/key-{index}.json"] = record(index, **fields)
+    files["current.json"] = files[f"history/key-{count - 1}.json"]
+    return files
+
+
+def test_forward_jumped_timestamp_skips_only_that_record(
+    tmp_path: Path,
+) -> None:
+    # before, every later key was skipped as dated before key 3
+    jumped = {"timestamp": T0 + 3000 + 3_600_000}
+    source = write_source(tmp_path / "node", chain(10, **{"key-3": jumped}))
+
+    report = import_directory(
+        source, make_store(tmp_path / "keys", clock=lambda: NOW)
+    )
+
+    assert report.imported == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    assert report.skipped == [(
+        "history/key-3.json",
+        "dated out of order with its neighbours (59 min after "
+        "history/key-4.json, the record kept after it)",
+    )]
+    assert report.doubtful == [
+        (4, "derived from key 3, whose record was skipped"),
+    ]
+    assert report.current_index == 9
+
+
+def test_backward_jumped_timestamp_skips_only_that_record(
+    tmp_path: Path,
+) -> None:
+    jumped = {"timestamp": T0 + 1500}
+    source = write_source(tmp_path / "node", chain(10, **{"key-6": jumped}))
+
+    report = import_directory(source, make_store(tmp_path / "keys"))
+
+    assert report.imported == [0, 1, 2, 3, 4, 5, 7, 8, 9]
+    assert report.skipped == [(
+        "history/key-6.json",
+        "dated out of order with its neighbours (3 s before "
+        "history/key-5.json, the record kept before it)",
+    )]
+    assert report.doubtful == [
+        (7, "derived from key 6, whose record was skipped"),
+    ]
+    assert report.current_index == 9
+
+
+def test_order_tie_keeps_the_later_record(tmp_path: Path) -> None:
+    # key 1 too late or key 2 too early: the same count either way, and
+    # the later record wins
+    source = write_source(tmp_path / "node", baseline(**{
+        "history/key-2.json": record(2, timestamp=T0 + 995),
+    }))
+
+    report = import_directory(source, make_store(tmp_path / "keys"))
+
+    assert report.imported == [0, 2]
+    assert report.skipped == [
+        ("history/key-1.json",
+         "dated out of order with its neighbours (5 ms after "
+         "history/key-2.json, the record kept after it)"),
+        ("current.json",
+         "the same record as history/key-1.json, skipped for the same "
+         "reason; key 2 becomes current"),
+    ]
+    assert report.doubtful == [
+        (2, "derived from key 1, whose record was skipped"),
+    ]
+
+
+def test_equal_timestamps_are_in_order(tmp_path: Path) -> None:
+    same = {"timestamp": T0}
+    source = write_source(tmp_path / "node", chain(
+        3, **{"key-1": same, "key-2": same},
+    ))
+
+    report = import_directory(source, make_store(tmp_path / "keys"))
+
+    assert report.imported == [0, 1, 2]
+    assert report.skipped == []
+
+
+def test_future_records_skipped_before_the_order_is_judged(
+    tmp_path: Path,
+) -> None:
+    # keys 1-3 alone would outnumber key 4 in a run; they are in the
+    # future, so they do not count
+    future = NOW + CLOCK_SKEW_ALLOWANCE_MS + 3_600_000
+    source = write_source(tmp_path / "node", chain(5, **{
+        f"key-{index}": {"timestamp": future + index} for index in (1, 2, 3)
+    }))
+
+    report = import_directory(
+        source, make_store(tmp_path / "keys", clock=lambda: NOW)
+    )
+
+    assert report.imported == [0, 4]
+    assert report.skipped == [
+        (f"history/key-{index}.json",
+         "dated 3900 s in the future, beyond the 300 s allowed for clock "
+         "skew")
+        for index in (1, 2, 3)
+    ]
+    assert report.doubtful == [
+        (4, "derived from key 3, whose record was skipped"),
+    ]
+
+
+def test_out_of_order_record_only_in_current_json(tmp_path: Path) -> None:
+    source = write_source(tmp_path / "node", baseline(**{
+        "current.json": record(2, timestamp=T0 - 10_000),
+    }))
+
+    report = import_directory(source, make_store(tmp_path / "keys"))
+
+    assert report.imported == [0, 1]
+    assert report.skipped == [(
+        "current.json",
+        "dated out of order with its neighbours (11 s before "
+        "history/key-1.json, the record kept before it); key 1 becomes "
+        "current",
+    )]
+    assert report.doubtful == []
+
+
+def test_current_json_beside_an_out_of_order_record(tmp_path: Path) -> None:
+    early = T0 - 5000
+    source = write_source(tmp_path / "node", baseline(**{
+        "history/key-2.json": record(2, timestamp=early),
+        "current.json": record(2, key=key_hex("other 2"), timestamp=early),
+    }))
+
+    report = import_directory(source, make_store(tmp_path / "keys"))
+
+    assert report.imported == [0, 1]
+    assert report.skipped == [
+        ("history/key-2.json",
+         "dated out of order with its neighbours (6 s before "
+         "history/key-1.json, the record kept before it)"),
+        ("current.json",
+         "records index 2 with another key or other fields than "
+         "history/key-2.json, which is skipped too; key 1 becomes current"),
+    ]
+    assert report.doubtful == []
+
+
+def test_repeated_key_found_among_records_in_order(tmp_path: Path) -> None:
+    # key 1 is out of order; key 3 repeats key 2, which is imported
+    source = write_source(tmp_path / "node", chain(4, **{
+        "key-1": {"timestamp": T0 + 60_000},
+        "key-3": {"key": key_hex("key 2")},
+    }))
+
+    report = import_directory(source, make_store(tmp_path / "keys"))
+
+    assert report.imported == [0, 2]
+    assert report.skipped == [
+        ("history/key-1.json",
+         "dated out of order with its neighbours (58 s after "
+         "history/key-2.json, the record kept after it)"),
+        ("history/key-3.json",
+         "holds the same key as history/key-2.json, imported before it"),
+        ("current.json",
+         "the same record as history/key-3.json, skipped for the same "
+         "reason; key 2 becomes current"),
+    ]
+
+
+def jumped_fixture(tmp_path: Path, index: int, shift_ms: int) -> Path:
+    """Copy the fixture with the timestamp of key ``index`` shifted."""
+    source = tmp_path / "node"
+    shutil.copytree(FIXTURE, source)
+    path = source / "history" / f"key-{index}.json"
+    document = json.loads(path.read_bytes())
+    document["timestamp"] += shift_ms
+    path.write_text(json.dumps(document, indent=2))
+    return source
+
+
+def fixture_timestamp(index: int) -> int:
+    path = FIXTURE / "history" / f"key-{index}.json"
+    timestamp: int = json.loads(path.read_bytes())["timestamp"]
+    return timestamp
+
+
+def after_the_fixture() -> int:
+    """A clock 30 days after the fixture's newest key."""
+    return fixture_timestamp(921) + 30 * 86_400_000
+
+
+@needs_fixture
+def test_fixture_forward_jump_skips_only_the_outlier(tmp_path: Path) -> None:
+    # the user test: before, keys 601-921 were skipped and 600 was current
+    source = jumped_fixture(tmp_path, 600, 1_200_000_000)
+    store = make_store(tmp_path / "keys", clock=after_the_fixture)
+
+    report = import_directory(source, store)
+
+    gap = fixture_timestamp(600) + 1_200_000_000 - fixture_timestamp(601)
+    assert report.imported == [i for i in FIXTURE_IMPORTED if i != 600]
+    assert report.skipped == [
+        *FIXTURE_SKIPPED,
+        ("history/key-600.json",
+         f"dated out of order with its neighbours ({gap // 86_400_000} "
+         "days after history/key-601.json, the record kept after it)"),
+    ]
+    assert report.doubtful == sorted([
+        *FIXTURE_DOUBTFUL,
+        (601, "derived from key 600, whose record was skipped"),
+    ])
+    assert report.current_index == 921
+    assert store.current_material().reveal_hex() == json.loads(
+        (FIXTURE / "current.json").read_bytes()
+    )["key"]
+
+
+@needs_fixture
+def test_fixture_backward_jump_skips_only_that_record(tmp_path: Path) -> None:
+    source = jumped_fixture(tmp_path, 600, -1_200_000)
+
+    report = import_directory(
+        source, make_store(tmp_path / "keys", clock=after_the_fixture)
+    )
+
+    gap = fixture_timestamp(599) - (fixture_timestamp(600) - 1_200_000)
+    assert 2 * 60_000 <= gap < 2 * 3_600_000
+    assert report.imported == [i for i in FIXTURE_IMPORTED if i != 600]
+    assert report.skipped == [
+        *FIXTURE_SKIPPED,
+        ("history/key-600.json",
+         f"dated out of order with its neighbours ({gap // 60_000} min "
+         "before history/key-599.json, the record kept before it)"),
+    ]
+    assert report.current_index == 921
+
+
+ORDER_CASES = [
+    ([], []),
+    ([5], [True]),
+    ([1, 2, 3], [True, True, True]),
+    ([3, 3, 3], [True, True, True]),
+    # one forward jump, one backward jump
+    ([1, 100, 2, 3], [True, False, True, True]),
+    ([1, 2, 0, 3], [True, True, False, True]),
+    # a tie keeps the later record
+    ([0, 1000, 995], [True, False, True]),
+    ([2, 1], [False, True]),
+    # the longest run wins over the first records
+    ([10, 11, 12, 1, 2, 3, 4], [False, False, False, True, True, True, True]),
+]
+
+
+@pytest.mark.parametrize(("timestamps", "kept"), ORDER_CASES)
+def test_longest_in_order(timestamps: list[int], kept: list[bool]) -> None:
+    assert importer._longest_in_order(timestamps) == kept
+
+
+def longest_in_order_by_hand(timestamps: list[int]) -> list[bool]:
+    """Try every subset, longest first; prefer later positions."""
+    positions = range(len(timestamps))
+    for size in range(len(timestamps), 0, -1):
+        runs = [
+            run for run in itertools.combinations(positions, size)
+            if all(timestamps[a] <= timestamps[b]
+                   for a, b in itertools.pairwise(run))
+        ]
+        if runs:
+            best = max(runs, key=lambda run: sorted(run, reverse=True))
+            return [position in best for position in positions]
+    return []
+
+
+@given(st.lists(st.integers(0, 6), max_size=9))
+def test_longest_in_order_matches_trying_every_subset(
+    timestamps: list[int],
+) -> None:
+    assert importer._longest_in_order(timestamps) == (
+        longest_in_order_by_hand(timestamps)
+    )
+
+
+# -- derivedFrom -------------------------------------------------------------
+
+DERIVATION_CASES: dict[str, tuple[dict[str, Any], list[tuple[int, str]]]] = {
+    "from an older key than the one before": (
+        chain(4, **{"key-3": {"derivedFrom": 0}}),
+        [(3, "derived from key 0, not from key 2 before it")],
+    ),
+    "past a skipped record": (
+        chain(3, **{"key-1": {"key": "00" * 32}, "key-2": {"derivedFrom": 0}}),
+        [(2, "derived from key 0, not from key 1 before it")],
+    ),
+    "from a missing key older than the one before": (
+        {k: v for k, v in chain(4, **{"key-3": {"derivedFrom": 1}}).items()
+         if k != "history/key-1.json"},
+        [(2, "derived from key 1, which is not in the source"),
+         (3, "derived from key 1, which is not in the source, not from "
+             "key 2 before it")],
+    ),
+    "from the missing key just before": (
+        {k: v for k, v in chain(3).items() if k != "history/key-1.json"},
+        [(2, "derived from key 1, which is not in the source")],
+    ),
+    "null": (chain(3, **{"key-2": {"derivedFrom": None}}), []),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DERIVATION_CASES))
+def test_derivation_doubt(case: str, tmp_path: Path) -> None:
+    files, doubtful = DERIVATION_CASES[case]
+    source = write_source(tmp_path / "node", files)
+
+    report = import_directory(source, make_store(tmp_path / "keys"))
+
+    assert report.doubtful == doubtful
+    assert max(report.imported) == report.current_index
 
 
 # -- current.json ------------------------------------------------------------
@@ -840,7 +1179,8 @@ def test_store_filled_while_importing_refused(
     import_directory(source, first)
     before = tree_digest(first.root)
     late = make_store(first.root, sealer=first.sealer)
-    answers = iter([True])
+    # the checks before the lock see an empty store
+    answers = iter([True, True])
     real = late.is_empty
     monkeypatch.setattr(late, "is_empty", lambda: next(answers, real()))
 
@@ -899,7 +1239,208 @@ def test_source_with_no_trusted_record(tmp_path: Path) -> None:
         import_directory(source, store)
 
     assert str(raised.value) == (
-        f"no record in {source} can be imported (2 skipped, see the "
-        "security log): nothing was written"
+        f"no record in {source} can be imported: all 2 skipped, each for "
+        "the reason given; check that it is the Node.js daemon's key "
+        "directory (current.json and history/key-N.json), or restore its "
+        "records from a backup and import again; nothing was written"
     )
     assert not store.root.exists()
+
+
+# -- reading before writing --------------------------------------------------
+
+
+def test_read_source_writes_nothing(tmp_path: Path) -> None:
+    source = write_source(tmp_path / "node", baseline(**{
+        "history/key-2.json": b"{",
+    }))
+    before = tree_digest(tmp_path)
+
+    plan = read_source(source, now=NOW)
+
+    assert tree_digest(tmp_path) == before
+    assert plan.indexes == [0, 1]
+    assert plan.skipped == [("history/key-2.json", "not valid JSON")]
+    store = make_store(tmp_path / "keys")
+    report = write_plan(plan, store)
+    assert report.imported == [0, 1]
+    assert report.skipped == plan.skipped
+    assert store.verify() == []
+
+
+def test_read_source_with_no_trusted_record_plans_nothing(
+    tmp_path: Path,
+) -> None:
+    source = write_source(tmp_path / "node", {
+        "history/key-0.json": b"{",
+        "history/notes.txt": b"x",
+        "current.json": b"[]",
+    })
+    store = make_store(tmp_path / "keys")
+
+    plan = read_source(source, now=NOW)
+
+    assert plan.records == []
+    assert plan.skipped == [
+        ("history/key-0.json", "not valid JSON"),
+        ("history/notes.txt", "not a key record name (key-N.json)"),
+        ("current.json", "not a JSON object"),
+    ]
+    with pytest.raises(StoreError, match="^no record in .* all 3 skipped"):
+        plan.require_records()
+    with pytest.raises(StoreError, match="^no record in .* all 3 skipped"):
+        write_plan(plan, store)
+    assert sorted(os.listdir(tmp_path)) == ["node"]
+
+
+def test_empty_history_says_what_to_do(tmp_path: Path) -> None:
+    source = tmp_path / "node"
+    (source / "history").mkdir(parents=True)
+
+    plan = read_source(source, now=NOW)
+
+    with pytest.raises(StoreError) as raised:
+        plan.require_records()
+    assert str(raised.value) == (
+        f"no record in {source} can be imported: its history/ holds no "
+        "key-N.json and it has no current.json; give the Node.js daemon's "
+        "key directory; nothing was written"
+    )
+
+
+def test_require_empty_store_reads_only(tmp_path: Path) -> None:
+    source = write_source(tmp_path / "node", baseline())
+    store = make_store(tmp_path / "keys")
+    importer.require_empty_store(store.root)
+    assert not store.root.exists()
+    import_directory(source, store)
+
+    with pytest.raises(StoreError, match="already holds keys"):
+        importer.require_empty_store(store.root)
+
+
+# -- torro keys import -------------------------------------------------------
+
+
+def test_cli_import_prints_each_record(
+    torro: "Torro", tmp_path: Path
+) -> None:
+    source = write_source(tmp_path / "node", baseline(**{
+        "history/key-2.json": b"{",
+        "history/key-3.json": record(3, derivedFrom=0),
+        "hashes/x.json": {},
+    }))
+
+    outcome = torro.run("keys", "import", str(source))
+
+    assert (outcome.code, outcome.stderr) == (0, "")
+    assert outcome.stdout.splitlines() == [
+        "skipped history/key-2.json: not valid JSON",
+        "doubtful key 3: current.json names key 1 as current; this newest "
+        "record becomes current",
+        "doubtful key 3: derived from key 0, not from key 2 before it",
+        "ignored hashes/: not key records",
+        "imported 3 keys: 3 retained, 0 beyond KEY_DAEMON_MAX_HISTORY=100 "
+        "archived in keys/archive; current key 3",
+    ]
+    security = (torro.cwd / "logs" / "security.log").read_text()
+    assert "import: skipped history/key-2.json: not valid JSON" in security
+
+
+@needs_fixture
+def test_cli_import_of_the_fixture_with_a_forward_jump(
+    torro: "Torro", tmp_path: Path
+) -> None:
+    source = jumped_fixture(tmp_path, 600, 1_200_000_000)
+
+    outcome = torro.run("keys", "import", str(source))
+
+    assert (outcome.code, outcome.stderr) == (0, "")
+    lines = outcome.stdout.splitlines()
+    assert lines[1].startswith(
+        "skipped history/key-600.json: dated out of order with its "
+        "neighbours ("
+    )
+    assert "doubtful key 601: derived from key 600, whose record was " \
+        "skipped" in lines
+    assert lines[-1] == (
+        "imported 917 keys: 100 retained, 817 beyond "
+        "KEY_DAEMON_MAX_HISTORY=100 archived in keys/archive; current key "
+        "921"
+    )
+
+
+FAILED_IMPORTS = ["empty directory", "garbage", "empty history", "file"]
+
+
+def failed_source(case: str, tmp_path: Path) -> Path:
+    source = tmp_path / "node"
+    if case == "empty directory":
+        source.mkdir()
+    elif case == "empty history":
+        (source / "history").mkdir(parents=True)
+    elif case == "garbage":
+        write_source(source, {
+            "current.json": b"garbage",
+            "history/key-0.json": b"garbage",
+            "history/key-1.json": b"garbage",
+        })
+    else:
+        source.write_bytes(b"garbage")
+    return source
+
+
+@pytest.mark.parametrize("case", FAILED_IMPORTS)
+def test_cli_failed_import_creates_nothing(
+    torro: "Torro", tmp_path: Path, case: str
+) -> None:
+    # before, the master key file and logs/ were created all the same
+    source = failed_source(case, tmp_path)
+
+    outcome = torro.run("keys", "import", str(source))
+
+    assert outcome.code == (2 if case == "file" else 1)
+    assert "Traceback" not in outcome.stderr
+    assert len(outcome.error_lines) == 1
+    assert outcome.error_lines[0].startswith("torro: error: ")
+    assert os.listdir(torro.cwd) == []
+
+
+def test_cli_import_of_garbage_prints_each_skipped_record(
+    torro: "Torro", tmp_path: Path
+) -> None:
+    # before, only "(3 skipped, see the security log)"
+    source = failed_source("garbage", tmp_path)
+
+    outcome = torro.run("keys", "import", str(source))
+
+    assert outcome.stdout.splitlines() == [
+        "skipped history/key-0.json: not valid JSON",
+        "skipped history/key-1.json: not valid JSON",
+        "skipped current.json: not valid JSON",
+    ]
+    assert outcome.error_lines == [
+        f"torro: error: no record in {source} can be imported: all 3 "
+        "skipped, each for the reason given; check that it is the Node.js "
+        "daemon's key directory (current.json and history/key-N.json), or "
+        "restore its records from a backup and import again; nothing was "
+        "written",
+    ]
+
+
+def test_cli_import_into_a_store_holding_keys_changes_nothing(
+    torro: "Torro", tmp_path: Path
+) -> None:
+    source = write_source(tmp_path / "node", baseline())
+    assert torro.run("keys", "import", str(source)).code == 0
+    before = tree_digest(torro.cwd)
+
+    outcome = torro.run("keys", "import", str(source))
+
+    assert (outcome.code, outcome.stdout) == (1, "")
+    assert outcome.error_lines == [
+        "torro: error: the key store keys already holds keys: point "
+        "KEY_STORAGE_PATH at a new directory (or move the "
+        "store away) before importing; nothing was changed",
+    ]
+    assert tree_digest(torro.cwd) == before

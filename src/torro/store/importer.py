@@ -10,24 +10,35 @@ The original layout is plaintext::
 and each record is ``{"key": "<hex>", "index": N, "timestamp": <ms>,
 "algorithm": "sha256", "length": 32, "derivedFrom": N - 1 or null}``.
 
-The source is only read. Each record is judged on its own and against the
-records before it (by index), and lands in one of three lists of the
-:class:`ImportReport`:
+An import has two steps. :func:`read_source` reads and judges the source
+and returns an :class:`ImportPlan`; it writes nothing, so a source that
+cannot be imported leaves no trace. :func:`write_plan` then writes the
+plan into an empty key store. :func:`import_directory` does both.
 
-- **imported**: a trusted record. It has exactly the six fields, of the
-  right JSON types (true and false are not numbers); its index is the N of
-  its file name; its algorithm is one of :data:`torro.keygen.ALGORITHMS`;
-  its length is 16 to 1024 bytes and its key exactly that many bytes of
-  lowercase hex; derivedFrom is null or an index below its own; it is not
-  dated before the trusted record before it, nor more than the allowed
-  clock skew in the future; and, when validating, its key passes
-  :func:`torro.keygen.validate_key` (not degenerate, not a key already
-  imported).
+Each record lands in one of three lists:
+
+- **imported**: a trusted record. On its own, it has exactly the six
+  fields, of the right JSON types (true and false are not numbers); its
+  index is the N of its file name; its algorithm is one of
+  :data:`torro.keygen.ALGORITHMS`; its length is 16 to 1024 bytes and its
+  key exactly that many bytes of lowercase hex; derivedFrom is null or an
+  index below its own; it is dated no more than the allowed clock skew in
+  the future; and, when validating, its key passes
+  :func:`torro.keygen.validate_key` (it is not degenerate). Together with
+  the others that pass on their own, its timestamp fits their order (see
+  below) and, when validating, its key is not one imported already.
 - **skipped**: anything else named like a record, with a one-line reason.
   A skipped record is not imported; the source keeps it.
 - **doubtful**: imported, but worth a look: it was derived from a key the
-  source does not hold, another file also records its index, or
-  current.json disagrees with it.
+  source does not hold, or not from the key before it in the source;
+  another file also records its index; or current.json disagrees with it.
+
+Timestamps must not decrease with the index. One record dated wrongly,
+forward or backward, must not cost the records around it, so the order
+is judged over all records that pass on their own: the longest run of
+them, in index order, whose timestamps never decrease is kept, and only
+the records outside it are skipped. When runs of that length compete, the
+one keeping later records wins, as the newest key becomes current.
 
 The newest trusted record becomes the current key, whatever current.json
 of the source says. Nothing is destroyed: the newest ``max_history`` keys
@@ -39,6 +50,7 @@ No reason, report or log line holds key material: records are named by
 file and index only.
 """
 
+import bisect
 import dataclasses
 import json
 import logging
@@ -55,7 +67,7 @@ from torro.store.keystore import (
     KeyStore,
     NewChainEntry,
 )
-from torro.store.layout import RECORD_NAME
+from torro.store.layout import RECORD_NAME, store_is_empty
 from torro.store.records import DOCUMENTED_FIELDS, field_problem
 
 
@@ -149,15 +161,65 @@ class _Trusted:
         )
 
 
+@dataclasses.dataclass
+class ImportPlan:
+    """A judged source: what an import of it would write and leave out.
+
+    Made by :func:`read_source`, written by :func:`write_plan`. It holds
+    the key material of the records to import, in memory only.
+
+    :param source: the directory that was read.
+    :param records: the trusted records, by ascending index; the last one
+        becomes the current key. Empty when nothing can be imported.
+    :param skipped: (file name, reason), in the order of the source.
+    :param doubtful: (index, reason) for trusted records worth a look.
+    :param ignored: entries of the source that are not key records.
+    """
+
+    source: Path
+    records: list[_Trusted]
+    skipped: list[tuple[str, str]]
+    doubtful: list[tuple[int, str]]
+    ignored: list[str]
+
+    @property
+    def indexes(self) -> list[int]:
+        """The indexes that would be imported, ascending."""
+        return [record.index for record in self.records]
+
+    def require_records(self) -> None:
+        """Refuse a plan with nothing to import.
+
+        :raises StoreError: no record of the source can be imported; the
+            message says why and what to do.
+        """
+        if self.records:
+            return
+        if not self.skipped:
+            raise StoreError(
+                f"no record in {self.source} can be imported: its "
+                "history/ holds no key-N.json and it has no current.json; "
+                "give the Node.js daemon's key directory; nothing was "
+                "written"
+            )
+        count = len(self.skipped)
+        raise StoreError(
+            f"no record in {self.source} can be imported: all {count} "
+            f"skipped, each for the reason given; check that it is the "
+            "Node.js daemon's key directory (current.json and "
+            "history/key-N.json), or restore its records from a backup "
+            "and import again; nothing was written"
+        )
+
+
 def import_directory(
     source: Path, store: KeyStore, *, validate: bool = True
 ) -> ImportReport:
     """Import a Node.js daemon's key directory into an empty key store.
 
-    The source is read in full and judged before the store is touched;
-    then the trusted keys are written as one new chain, under the store
-    lock, the newest ``store.max_history`` in history/ and the rest in
-    archive/. The source is never written.
+    The source is read in full and judged before the store is touched,
+    as :func:`read_source` does; then the plan is written as
+    :func:`write_plan` does. The source is never written.
 
     :param source: the Node.js daemon's key directory (holding
         current.json and history/).
@@ -170,20 +232,53 @@ def import_directory(
         written.
     """
     _require_empty(store)
+    plan = read_source(source, now=store.clock(), validate=validate)
+    return write_plan(plan, store)
+
+
+def read_source(
+    source: Path, *, now: int, validate: bool = True
+) -> ImportPlan:
+    """Read and judge a Node.js daemon's key directory; write nothing.
+
+    :param source: the Node.js daemon's key directory.
+    :param now: the time in ms since the epoch, for the clock skew check.
+    :param validate: check each key with :func:`torro.keygen.validate_key`.
+    :returns: the plan; its records are empty when nothing can be
+        imported (see :meth:`ImportPlan.require_records`).
+    :raises StoreError: the source is not a key directory or cannot be
+        listed.
+    """
     history, current, skipped, ignored = _scan(source)
-    judge = _Judge(store.clock(), validate)
+    judge = _Judge(now, validate)
     judge.run(history, current)
     judge.skipped.extend(skipped)
-    report_skipped = sorted(judge.skipped, key=_skipped_order)
-    for name, reason in report_skipped:
-        security_log.warning("import: skipped %s: %s", name, reason)
-    if not judge.trusted:
-        raise StoreError(
-            f"no record in {source} can be imported ({len(report_skipped)} "
-            "skipped, see the security log): nothing was written"
-        )
+    return ImportPlan(
+        source=source,
+        records=[judge.trusted[index] for index in sorted(judge.trusted)],
+        skipped=sorted(judge.skipped, key=_skipped_order),
+        doubtful=sorted(judge.doubtful),
+        ignored=sorted(ignored),
+    )
 
-    trusted = [judge.trusted[index] for index in sorted(judge.trusted)]
+
+def write_plan(plan: ImportPlan, store: KeyStore) -> ImportReport:
+    """Write a judged source into an empty key store as one new chain.
+
+    The records are written under the store lock, the newest
+    ``store.max_history`` in history/ and the rest in archive/. Each
+    skipped record is logged as a warning, each doubtful one at info, to
+    the security log.
+
+    :raises StoreError: the store already holds keys, or the plan has no
+        record; nothing was written.
+    """
+    _require_empty(store)
+    for name, reason in plan.skipped:
+        security_log.warning("import: skipped %s: %s", name, reason)
+    plan.require_records()
+
+    trusted = plan.records
     keep = max(1, store.max_history)
     retained, archived = trusted[-keep:], trusted[:-keep]
     with store.locked():
@@ -195,11 +290,11 @@ def import_directory(
         )
 
     report = ImportReport(
-        imported=[record.index for record in trusted],
+        imported=plan.indexes,
         archived=[record.index for record in archived],
-        skipped=report_skipped,
-        doubtful=sorted(judge.doubtful),
-        ignored=sorted(ignored),
+        skipped=list(plan.skipped),
+        doubtful=list(plan.doubtful),
+        ignored=list(plan.ignored),
         current_index=trusted[-1].index,
     )
     for index, reason in report.doubtful:
@@ -207,20 +302,36 @@ def import_directory(
     security_log.info(
         "imported %s into %s: imported %d (retained %d, archived %d), "
         "skipped %d, doubtful %d, current index %d",
-        source, store.root, len(report.imported), len(retained),
+        plan.source, store.root, len(report.imported), len(retained),
         len(archived), len(report.skipped), len(report.doubtful),
         report.current_index,
     )
     return report
 
 
+def require_empty_store(root: Path, history_dir: Path | None = None) -> None:
+    """Refuse to import into a key store that holds keys, reading only.
+
+    For callers that check before they build the store (which may create
+    its master key).
+
+    :raises StoreError: the store at ``root`` already holds keys.
+    """
+    if not store_is_empty(root, history_dir):
+        raise _not_empty(root)
+
+
 def _require_empty(store: KeyStore) -> None:
     if not store.is_empty():
-        raise StoreError(
-            f"the key store {store.root} already holds keys: point "
-            "KEY_STORAGE_PATH at a new directory (or move the store away) "
-            "before importing; nothing was changed"
-        )
+        raise _not_empty(store.root)
+
+
+def _not_empty(root: Path) -> StoreError:
+    return StoreError(
+        f"the key store {root} already holds keys: point "
+        "KEY_STORAGE_PATH at a new directory (or move the store away) "
+        "before importing; nothing was changed"
+    )
 
 
 def _scan(
@@ -357,7 +468,13 @@ def _no_repeated_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 class _Judge:
-    """Decide, index by index, which records are trusted."""
+    """Decide which records of the source are trusted.
+
+    Each record is judged on its own first. The records that pass are
+    then judged together: their timestamps must fit one order and, when
+    validating, no key may be held twice. Only then is current.json
+    compared with what was kept.
+    """
 
     def __init__(self, now: int, validate: bool) -> None:
         self.now = now
@@ -367,8 +484,9 @@ class _Judge:
         self.doubtful: list[tuple[int, str]] = []
         # indexes claimed by skipped records, for derivedFrom reasons
         self._skipped_indexes: set[int] = set()
-        self._seen: dict[str, str] = {}
-        self._previous: _Trusted | None = None
+        # the history/ record of the index current.json records, when it
+        # passed on its own; current.json is compared with it at the end
+        self._beside_current: _Trusted | None = None
         # the index current.json records, when it was trusted or a copy
         self._current_names: int | None = None
 
@@ -391,16 +509,24 @@ class _Judge:
                 current.document = None
                 current_index = None
 
-        indexes = set(by_index)
+        # each record on its own
+        for index, candidate in by_index.items():
+            self._judge(candidate, index)
         if current_index is not None:
-            indexes.add(current_index)
-        for index in sorted(indexes):
-            primary = by_index.get(index)
-            if primary is not None:
-                self._judge(primary, index)
-            if index == current_index:
-                assert current is not None
-                self._judge_current(current, primary, index)
+            assert current is not None
+            self._judge_current(
+                current, by_index.get(current_index), current_index
+            )
+
+        # the records together
+        self._keep_in_order()
+        if self.validate:
+            self._skip_repeated_keys()
+        if current_index is not None:
+            assert current is not None
+            self._settle_current(
+                current, by_index.get(current_index), current_index
+            )
 
         for candidate in misnamed:
             self._judge_misnamed(candidate)
@@ -411,22 +537,19 @@ class _Judge:
             self._note_current(current)
             self._note_derivations()
 
-    # -- one record ----------------------------------------------------
+    # -- one record on its own -------------------------------------------
 
-    def _judge(self, candidate: _Candidate, index: int) -> bool:
+    def _judge(self, candidate: _Candidate, index: int) -> None:
         """Trust or skip ``candidate``, read as the record of ``index``."""
         if candidate.document is None:
             self._skip(candidate, candidate.problem or "")
-            return False
+            return
         try:
             record = self._check(candidate, candidate.document, index)
         except _Rejected as exc:
             self._skip(candidate, str(exc))
-            return False
+            return
         self.trusted[index] = record
-        self._seen[record.material.fingerprint] = record.name
-        self._previous = record
-        return True
 
     def _check(
         self, candidate: _Candidate, document: dict[str, Any], index: int
@@ -468,13 +591,6 @@ class _Judge:
                 f"{CLOCK_SKEW_ALLOWANCE_MS // 1000} s allowed for clock "
                 "skew"
             )
-        previous = self._previous
-        if previous is not None and timestamp < previous.timestamp:
-            raise _Rejected(
-                f"dated {previous.timestamp - timestamp} ms before "
-                f"{previous.name} (key {previous.index}), the trusted "
-                "record before it"
-            )
 
         material = self._material(text, length)
         return _Trusted(
@@ -491,13 +607,9 @@ class _Judge:
         if not self.validate:
             return KeyMaterial.from_hex(text)
         try:
-            return keygen.validate_key(text, length, self._seen)
+            # keys held twice are found once the order is known
+            return keygen.validate_key(text, length, frozenset())
         except KeyValidationError as exc:
-            if exc.reason == "duplicate":
-                first = self._seen[KeyMaterial.from_hex(text).fingerprint]
-                raise _Rejected(
-                    f"holds the same key as {first}, imported before it"
-                ) from None
             if exc.reason == "low_entropy":
                 detail = keygen.check_entropy(bytes.fromhex(text))
                 raise _Rejected(f"key looks degenerate: {detail}") from None
@@ -511,27 +623,63 @@ class _Judge:
         if claimed is not None:
             self._skipped_indexes.add(claimed)
 
-    # -- current.json and misnamed records -----------------------------
+    def _drop(self, record: _Trusted, reason: str) -> None:
+        """Skip a record that passed on its own."""
+        del self.trusted[record.index]
+        self.skipped.append((record.name, reason))
+        self._skipped_indexes.add(record.index)
+
+    # -- the records together --------------------------------------------
+
+    def _keep_in_order(self) -> None:
+        """Skip the records whose timestamps break the order of the rest."""
+        records = [self.trusted[index] for index in sorted(self.trusted)]
+        kept = _longest_in_order([record.timestamp for record in records])
+
+        following: list[_Trusted | None] = [None] * len(records)
+        after = None
+        for position in reversed(range(len(records))):
+            following[position] = after
+            if kept[position]:
+                after = records[position]
+
+        before = None
+        for position, record in enumerate(records):
+            if kept[position]:
+                before = record
+            else:
+                self._drop(
+                    record,
+                    _order_reason(record, before, following[position]),
+                )
+
+    def _skip_repeated_keys(self) -> None:
+        first_holder: dict[str, _Trusted] = {}
+        for index in sorted(self.trusted):
+            record = self.trusted[index]
+            first = first_holder.setdefault(
+                record.material.fingerprint, record
+            )
+            if first is not record:
+                self._drop(
+                    record,
+                    f"holds the same key as {first.name}, imported before "
+                    "it",
+                )
+
+    # -- current.json and misnamed records -------------------------------
 
     def _judge_current(
         self, current: _Candidate, primary: _Candidate | None, index: int
     ) -> None:
-        """Judge current.json, which records ``index``."""
-        kept = self.trusted.get(index)
-        if kept is not None:
-            if current.document == kept.document:
-                self._current_names = index
-                return
-            self._skip(
-                current,
-                f"records index {index} with another key or other fields "
-                f"than {kept.name}, which is imported",
-            )
-            self.doubtful.append((
-                index,
-                "current.json records this index with another key or "
-                "other fields (skipped)",
-            ))
+        """Judge current.json on its own, as the record of ``index``.
+
+        Beside a history/ record of ``index`` that passed on its own, it
+        is not judged: :meth:`_settle_current` compares the two.
+        """
+        beside = self.trusted.get(index)
+        if beside is not None:
+            self._beside_current = beside
             return
         if primary is not None and primary.document is not None \
                 and current.document == primary.document:
@@ -541,17 +689,55 @@ class _Judge:
                 "reason",
             )
             return
-        if not self._judge(current, index):
+        self._judge(current, index)
+
+    def _settle_current(
+        self, current: _Candidate, primary: _Candidate | None, index: int
+    ) -> None:
+        """Compare current.json, which records ``index``, with what is kept.
+        """
+        kept = self.trusted.get(index)
+        beside = self._beside_current
+        if beside is None:
+            # judged on its own; kept, or skipped with its reason already
+            if kept is None:
+                return
+            self._current_names = index
+            if primary is None:
+                note = "only in current.json, not in history/"
+            else:
+                note = (
+                    f"imported from current.json: {primary.name} was "
+                    "skipped"
+                )
+            self.doubtful.append((index, note))
             return
-        self._current_names = index
-        if primary is None:
-            self.doubtful.append((
-                index, "only in current.json, not in history/",
-            ))
+
+        same = current.document == beside.document
+        if kept is not beside:
+            if same:
+                reason = (
+                    f"the same record as {beside.name}, skipped for the "
+                    "same reason"
+                )
+            else:
+                reason = (
+                    f"records index {index} with another key or other "
+                    f"fields than {beside.name}, which is skipped too"
+                )
+            self._skip(current, reason)
+        elif same:
+            self._current_names = index
         else:
+            self._skip(
+                current,
+                f"records index {index} with another key or other fields "
+                f"than {beside.name}, which is imported",
+            )
             self.doubtful.append((
                 index,
-                f"imported from current.json: {primary.name} was skipped",
+                "current.json records this index with another key or "
+                "other fields (skipped)",
             ))
 
     def _judge_misnamed(self, candidate: _Candidate) -> None:
@@ -583,6 +769,8 @@ class _Judge:
             ))
         self._skip(candidate, reason)
 
+    # -- notes on what is kept -------------------------------------------
+
     def _note_current(self, current: _Candidate | None) -> None:
         """Say which key becomes current where current.json disagrees."""
         newest = max(self.trusted)
@@ -607,17 +795,94 @@ class _Judge:
                     )
 
     def _note_derivations(self) -> None:
+        """Flag keys not derived from the key before them in the source.
+
+        The key before is the nearest lower index any record of the
+        source claims, trusted or skipped.
+        """
+        held = sorted(set(self.trusted) | self._skipped_indexes)
         for index in sorted(self.trusted):
             source = self.trusted[index].derived_from
-            if source is None or source in self.trusted:
+            if source is None:
                 continue
-            if source in self._skipped_indexes:
-                where = "whose record was skipped"
+            if source in self.trusted:
+                where = ""
+            elif source in self._skipped_indexes:
+                where = ", whose record was skipped"
             else:
-                where = "which is not in the source"
-            self.doubtful.append((
-                index, f"derived from key {source}, {where}",
-            ))
+                where = ", which is not in the source"
+            lower = bisect.bisect_left(held, index)
+            before = held[lower - 1] if lower else None
+            if before is not None and source < before:
+                where += f", not from key {before} before it"
+            if where:
+                self.doubtful.append((
+                    index, f"derived from key {source}{where}",
+                ))
+
+
+def _longest_in_order(timestamps: list[int]) -> list[bool]:
+    """Mark the longest run whose timestamps never decrease.
+
+    The run keeps positions in their order, not necessarily adjacent
+    ones. Of the runs of that length, the one keeping later positions
+    wins: the last position that ends such a run, then the last before
+    it that can precede it, and so on. O(n log n).
+    """
+    # ends[k]: the smallest timestamp that ends a run of k + 1
+    ends: list[int] = []
+    longest_ending: list[int] = []
+    for timestamp in timestamps:
+        length = bisect.bisect_right(ends, timestamp)
+        if length == len(ends):
+            ends.append(timestamp)
+        else:
+            ends[length] = timestamp
+        longest_ending.append(length + 1)
+
+    kept = [False] * len(timestamps)
+    wanted = len(ends)
+    bound: int | None = None
+    for position in reversed(range(len(timestamps))):
+        timestamp = timestamps[position]
+        if wanted and longest_ending[position] == wanted \
+                and (bound is None or timestamp <= bound):
+            kept[position] = True
+            bound = timestamp
+            wanted -= 1
+    return kept
+
+
+def _order_reason(
+    record: _Trusted, before: _Trusted | None, after: _Trusted | None
+) -> str:
+    """Say how a record skipped for its timestamp breaks the order.
+
+    :param before: the nearest record kept before it, by index.
+    :param after: the nearest record kept after it.
+    """
+    if before is not None and record.timestamp < before.timestamp:
+        gap = before.timestamp - record.timestamp
+        where = f"{_span(gap)} before {before.name}, the record kept before"
+    else:
+        # outside the longest run, so out of order with one neighbour
+        assert after is not None and record.timestamp > after.timestamp
+        gap = record.timestamp - after.timestamp
+        where = f"{_span(gap)} after {after.name}, the record kept after"
+    return f"dated out of order with its neighbours ({where} it)"
+
+
+def _span(ms: int) -> str:
+    """Say a duration in ms as an operator reads it, rounded down."""
+    for unit, size in (
+        ("days", 86_400_000),
+        ("h", 3_600_000),
+        ("min", 60_000),
+        ("s", 1000),
+    ):
+        if ms >= 2 * size:
+            return f"{ms // size} {unit}"
+    return f"{ms} ms"
 
 
 def _shown(text: str) -> str:
