@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from torro.config import (
     Settings,
+    load_pid_file,
     load_settings,
     variable_names,
 )
@@ -282,7 +283,7 @@ def test_whole_number_rejected(variable: str, text: str) -> None:
     ("variable", "low", "high"),
     [
         ("KEY_DAEMON_KEY_LENGTH", "16", "1024"),
-        ("KEY_DAEMON_DERIVATION_ROUNDS", "1000", None),
+        ("KEY_DAEMON_DERIVATION_ROUNDS", "1000", "10000000"),
         ("KEY_DAEMON_MAX_HISTORY", "1", None),
     ],
 )
@@ -295,6 +296,62 @@ def test_whole_number_bounds_accepted(
     assert load(**{variable: f" {low} "}).describe()[variable] == low
     if high is not None:
         assert load(**{variable: high}).describe()[variable] == high
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "99999999999999999999",  # OverflowError in PBKDF2
+        "4294967296",  # "iteration value is too great"
+        "2147483648",  # accepted, then hours per rotation
+        "10000001",
+    ],
+)
+def test_derivation_rounds_beyond_ten_million_rejected(text: str) -> None:
+    error = rejection(KEY_DAEMON_DERIVATION_ROUNDS=text)
+
+    assert str(error) == (
+        f"KEY_DAEMON_DERIVATION_ROUNDS={text} is out of range: use a whole "
+        "number of rounds from 1000 to 10000000"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1000000000000000",  # "year 33715 is out of range" in status
+        "10000000000000",  # "timestamp out of range for platform time_t"
+        "315360000001",
+    ],
+)
+def test_interval_beyond_ten_years_rejected(text: str) -> None:
+    # both as long, so that the bound refuses it, not the comparison
+    environ = {
+        "KEY_DAEMON_SLEEP_INTERVAL": text,
+        "KEY_DAEMON_ROTATION_INTERVAL": text,
+    }
+
+    error = rejection(**environ)
+
+    assert str(error) == (
+        f"KEY_DAEMON_SLEEP_INTERVAL={text} is out of range: use a whole "
+        "number of milliseconds greater than 0 and at most 315360000000 "
+        "(10 years)"
+    )
+    environ["KEY_DAEMON_SLEEP_INTERVAL"] = "1000"
+    assert str(rejection(**environ)).startswith(
+        f"KEY_DAEMON_ROTATION_INTERVAL={text} is out of range: "
+    )
+
+
+def test_ten_year_intervals_accepted() -> None:
+    settings = load(
+        KEY_DAEMON_SLEEP_INTERVAL="315360000000",
+        KEY_DAEMON_ROTATION_INTERVAL="315360000000",
+    )
+
+    assert settings.sleep_interval_ms == 315_360_000_000
+    assert settings.rotation_interval_ms == 315_360_000_000
 
 
 @pytest.mark.parametrize("text", ["md5", "sha1", "sha-256", ""])
@@ -327,6 +384,75 @@ def test_required_path_empty_rejected(variable: str) -> None:
 
     assert variable in str(error)
     assert "empty" in str(error)
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["KEY_STORAGE_PATH", "KEY_HISTORY_PATH"],
+)
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [(".", "work"), ("..", ""), ("a/b/..", "work/a"), ("a/b", None)],
+)
+def test_store_directory_without_a_name_is_made_absolute(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    text: str,
+    expected: str | None,
+) -> None:
+    # ".": "PosixPath('.') has an empty name" when the store builds
+    # <name>.staging beside it
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+    path = load(**{variable: text}).describe()[variable]
+
+    if expected is None:
+        assert path == text
+    else:
+        assert path == str(tmp_path.resolve() / expected)
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["KEY_STORAGE_PATH", "KEY_HISTORY_PATH"],
+)
+@pytest.mark.parametrize("text", ["/", "/..", "/tmp/.."])
+def test_root_directory_as_store_rejected(variable: str, text: str) -> None:
+    error = rejection(**{variable: text})
+
+    assert str(error) == (
+        f"{variable}={text} is the root directory: use a directory of its "
+        "own"
+    )
+
+
+def test_load_pid_file_ignores_other_bad_settings(tmp_path: Path) -> None:
+    # a bad KEY_DAEMON_SLEEP_INTERVAL kept `torro daemon stop` from
+    # stopping a running daemon
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "KEY_DAEMON_PID_FILE=run/torro.pid\nKEY_DAEMON_KEY_LENGTH=8\n"
+    )
+    environ = {"KEY_DAEMON_SLEEP_INTERVAL": "abc"}
+
+    assert load_pid_file(environ, env_file) == Path("run/torro.pid")
+    assert load_pid_file({}, None) == Path("torro-daemon.pid")
+    assert load_pid_file(
+        {"KEY_DAEMON_PID_FILE": "env.pid"}, env_file
+    ) == Path("env.pid")
+
+
+def test_load_pid_file_checks_its_value(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_pid_file({"KEY_DAEMON_PID_FILE": " "}, None)
+
+    assert caught.value.exit_code == 2
+    assert str(caught.value) == (
+        "KEY_DAEMON_PID_FILE=' ' is empty: use the path of a file"
+    )
 
 
 def test_value_with_line_break_stays_on_one_line() -> None:

@@ -334,6 +334,29 @@ def test_start_reports_why_the_daemon_did_not_start(torro: "Torro") -> None:
     assert sorted(os.listdir(torro.cwd)) == ["file"]
 
 
+def test_start_on_a_damaged_store_warns(torro: "Torro") -> None:
+    """Found by a user: start said only "daemon started" over a store
+    whose damage stops rotation."""
+    cwd = torro.cwd
+    assert torro.run("daemon", "rotate").code == 0
+    assert torro.run("daemon", "rotate").code == 0
+    record = cwd / "keys/history/key-0.json"
+    document = read_json(record)
+    document["timestamp"] += 1
+    record.write_text(json.dumps(document))
+
+    started = torro.run("daemon", "start")
+
+    assert started.code == 0
+    assert started.stdout == f"daemon started (pid {pid_in_file(torro)})\n"
+    assert started.error_lines == [
+        f"torro: warning: rotation is stopped: {record.relative_to(cwd)}: "
+        "checksum does not match (the record was edited); run torro keys "
+        "verify, then torro keys restore"
+    ]
+    assert torro.run("daemon", "stop").code == 0
+
+
 # -- crashes and stale PID files ----------------------------------------
 
 def test_restart_after_kill_9_continues_the_chain(torro: "Torro") -> None:

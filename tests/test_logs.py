@@ -67,6 +67,75 @@ def test_existing_directory_mode_left_alone(tmp_path: Path) -> None:
     assert mode_of(log_dir) == 0o750
 
 
+def test_existing_log_files_made_private(tmp_path: Path) -> None:
+    # files made 0644 by an earlier tool or a logrotate were kept as is
+    for name in logs.CHANNEL_FILES.values():
+        (tmp_path / name).write_text("old line\n")
+        (tmp_path / name).chmod(0o644)
+
+    logs.configure_logging(tmp_path, "info")
+
+    for name in logs.CHANNEL_FILES.values():
+        assert mode_of(tmp_path / name) == 0o600
+        assert lines_of(tmp_path / name) == ["old line"]
+
+
+def test_file_recreated_0644_made_private_on_reopen(tmp_path: Path) -> None:
+    logs.configure_logging(tmp_path, "info")
+    log_file = tmp_path / "system.log"
+    os.rename(log_file, tmp_path / "system.log.1")
+    # as logrotate's "create 0644" leaves it
+    log_file.touch()
+    log_file.chmod(0o644)
+
+    logs.reopen_logs()
+
+    assert mode_of(log_file) == 0o600
+
+
+def test_log_dir_writable_by_others_kept_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    os.chmod(log_dir, 0o777)
+
+    logs.configure_logging(log_dir, "warn")
+
+    assert mode_of(log_dir) == 0o777
+    (line,) = lines_of(log_dir / "system.log")
+    assert LINE.fullmatch(line)
+    assert line.split(" ", 2)[1:] == [
+        "WARN",
+        (
+            f"log directory {log_dir} is writable by group or others "
+            "(mode 777): chmod 0700 it, or anyone allowed may replace the "
+            "log files"
+        ),
+    ]
+
+
+def test_log_dir_private_to_writes_not_warned(tmp_path: Path) -> None:
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    os.chmod(log_dir, 0o755)
+
+    logs.configure_logging(log_dir, "debug")
+
+    assert lines_of(log_dir / "system.log") == []
+
+
+def test_log_file_names_each_channel_file(tmp_path: Path) -> None:
+    assert logs.log_file(logs.SYSTEM) is None
+
+    logs.configure_logging(tmp_path, "info")
+
+    for channel, name in logs.CHANNEL_FILES.items():
+        assert logs.log_file(channel) == tmp_path / name
+    logs.reset_logging()
+    assert logs.log_file(logs.SYSTEM) is None
+
+
 def test_log_dir_that_is_a_file_rejected(tmp_path: Path) -> None:
     log_dir = tmp_path / "logs"
     log_dir.write_text("")

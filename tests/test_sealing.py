@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from torro import sealing
 from torro.errors import MasterKeyError
 from torro.material import KeyMaterial
 from torro.sealing import (
@@ -326,6 +327,87 @@ def test_read_master_key_file_names_a_missing_file(tmp_path: Path) -> None:
     )
 
 
+NOT_A_REGULAR_FILE = (
+    "master key file {path} is not a regular file: point "
+    "KEY_DAEMON_MASTER_KEY_FILE at a file holding 64 hex characters"
+)
+
+
+def test_read_master_key_file_refuses_dev_zero() -> None:
+    # it was read without limit, until the host ran out of memory
+    path = Path("/dev/zero")
+
+    with pytest.raises(MasterKeyError) as caught:
+        read_master_key_file(path)
+
+    assert str(caught.value) == NOT_A_REGULAR_FILE.format(path=path)
+
+
+def test_read_master_key_file_refuses_a_fifo_without_blocking(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "master-key"
+    os.mkfifo(path)
+
+    with pytest.raises(MasterKeyError) as caught:
+        read_master_key_file(path)
+
+    assert str(caught.value) == NOT_A_REGULAR_FILE.format(path=path)
+
+
+def test_read_master_key_file_refuses_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(MasterKeyError) as caught:
+        read_master_key_file(tmp_path)
+
+    assert str(caught.value) in (
+        NOT_A_REGULAR_FILE.format(path=tmp_path),
+        # where a directory cannot even be opened for reading
+        (
+            f"cannot read master key file {tmp_path}: Is a directory; "
+            "check its owner and mode (0400 for the daemon's user)"
+        ),
+    )
+
+
+def test_read_master_key_file_refuses_a_file_over_4096_bytes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "master-key"
+    path.write_bytes(MASTER_BYTES.hex().encode() + b"\n" * 4033)
+
+    with pytest.raises(MasterKeyError) as caught:
+        read_master_key_file(path)
+
+    assert str(caught.value) == (
+        f"master key file {path} is larger than 4096 bytes: point "
+        "KEY_DAEMON_MASTER_KEY_FILE at a file holding 64 hex characters"
+    )
+
+
+def test_read_master_key_file_reads_a_bounded_amount(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "master-key"
+    path.write_bytes(b"0" * 4096)
+    asked = []
+    got = []
+    real_read = os.read
+
+    def counting_read(fd: int, size: int) -> bytes:
+        asked.append(size)
+        got.append(len(data := real_read(fd, size)))
+        return data
+
+    monkeypatch.setattr(sealing.os, "read", counting_read)
+
+    with pytest.raises(MasterKeyError) as caught:
+        read_master_key_file(path)
+
+    assert "must hold exactly 64 hex characters" in str(caught.value)
+    assert max(asked) <= 4097
+    assert sum(got) == 4096
+
+
 def test_create_master_key_file_is_0400_under_umask_zero(
     tmp_path: Path, umask_zero: None
 ) -> None:
@@ -359,6 +441,35 @@ def test_default_master_key_path_sits_beside_the_store(
     assert default_master_key_path(storage) == (
         tmp_path / "data" / "keys.master-key"
     )
+
+
+@pytest.mark.parametrize(
+    ("storage", "expected"),
+    [
+        # "." gave "PosixPath('.') has an empty name"
+        (".", "top/work.master-key"),
+        # ".." and "deep/s3/.." put the master key inside the store
+        ("..", "top.master-key"),
+        ("deep/s3/..", "top/work/deep.master-key"),
+        ("keys", "top/work/keys.master-key"),
+    ],
+)
+def test_default_master_key_path_never_inside_the_store(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    storage: str,
+    expected: str,
+) -> None:
+    work = tmp_path / "top" / "work"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+
+    path = default_master_key_path(Path(storage))
+
+    assert path == tmp_path.resolve() / expected
+    store = Path(storage).resolve()
+    assert store not in path.parents
+    assert path.parent == store.parent
 
 
 def test_resolve_master_key_creates_default_file_for_empty_store(

@@ -102,8 +102,10 @@ def daemon_run() -> None:
 def daemon_start() -> None:
     """Start the daemon in the background; return once it is ready."""
     settings = _settings()
-    pid = process.start_background(settings.pid_file)
-    click.echo(f"daemon started (pid {pid})")
+    started = process.start_background(settings.pid_file)
+    click.echo(f"daemon started (pid {started.pid})")
+    if started.warning:
+        click.echo(f"torro: warning: {started.warning}", err=True)
 
 
 @daemon.command("stop")

@@ -24,8 +24,8 @@ The log directory is created 0700 and the files 0600, whatever the umask.
 An existing log file we own is made 0600 when it is opened; an existing
 directory is left as it is, with a warning in ``system.log`` when group
 or others may write to it. Files are followed across an external
-logrotate. A failure to write a log
-line never reaches the code that logged it.
+logrotate. A failure to write a log line never reaches the code that
+logged it.
 
 Secrets registered with :func:`register_secret` are replaced by
 ``[redacted]`` wherever they appear in a line. This is a last guard: code

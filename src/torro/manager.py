@@ -102,7 +102,7 @@ class DaemonManager:
                 system_log.error("daemon did not start: %s", exc)
                 self.ready(f"error: {exc}")
                 raise
-            self.ready("ready")
+            self.ready(self._ready_message())
             self._loop()
             # logged before the PID file goes, so that `torro daemon stop`
             # returns only once the line is written
@@ -112,6 +112,14 @@ class DaemonManager:
         finally:
             self._pid_file.release()
         return 0
+
+    def _ready_message(self) -> str:
+        """Say "ready", with why rotation cannot run if it cannot."""
+        assert self.store is not None
+        problem = self.store.problem or self.store.clock_problem()
+        if problem is None:
+            return "ready"
+        return f"ready, but rotation is stopped: {problem}"
 
     def stop(self) -> None:
         """Ask the loop to end after the current pass."""

@@ -8,6 +8,7 @@ signalled.
 """
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 import select
@@ -121,15 +122,24 @@ def remove_stale_pid_file(path: Path) -> bool:
         os.close(fd)
 
 
+@dataclasses.dataclass(frozen=True)
+class Started:
+    """A daemon started in the background.
+
+    :param warning: why it cannot rotate, when its store has a problem.
+    """
+
+    pid: int
+    warning: str | None = None
+
+
 def start_background(
     pid_file: Path, timeout: float = START_TIMEOUT
-) -> int:
+) -> Started:
     """Start ``torro daemon run`` detached and wait until it is ready.
 
     The daemon reports on a pipe once its store is loaded and its PID file
     locked, or tells why it could not start.
-
-    :returns: the daemon's PID.
     """
     pid = read_daemon_pid(pid_file)
     if pid is not None:
@@ -161,7 +171,8 @@ def start_background(
             f"{timeout:g} s; see the system log"
         )
     if message.startswith("ready"):
-        return child.pid
+        warning = message.removeprefix("ready").removeprefix(", but ")
+        return Started(child.pid, warning or None)
     # The daemon failed or closed the pipe without a word: it is exiting,
     # and may not be reaped yet.
     try:
@@ -242,5 +253,26 @@ def stop_daemon(pid_file: Path, timeout: float = STOP_TIMEOUT) -> int | None:
                 f"see the system log, or stop it at once with kill -9 {pid}"
             )
         time.sleep(0.05)
+    # The lock goes a moment before the process: wait for the exit too,
+    # so that "stopped" means gone. The PID cannot have been reused yet.
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
     remove_stale_pid_file(pid_file)
     return pid
+
+
+def _alive(pid: int) -> bool:
+    """Tell whether ``pid`` names a process that has not exited."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # The state follows the parenthesised command name.
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in (b"Z", b"X")
