@@ -412,7 +412,8 @@ def test_material_names_a_pruned_index(
         store.material(4)
 
     assert str(pruned.value) == (
-        "key 1 is no longer retained (the oldest retained key is 2)"
+        "key 1 is not retained (the oldest retained key is 2); torro keys "
+        "history lists them"
     )
     assert str(unknown.value) == (
         "no key with index 4: indexes run from 2 to 3"
@@ -1233,3 +1234,19 @@ def test_verify_reports_a_current_key_dated_in_the_future(
         "the current key (index 0) is dated 86400 s in the future: the "
         "clock is behind; rotation waits until it catches up",
     )]
+
+
+def test_store_directories_opened_to_others_are_made_private_again(
+    root: Path, master: MasterKey, clock: FakeClock
+) -> None:
+    """Found by a user: a store directory left 0777 stayed 0777."""
+    store = open_store(root, master, clock)
+    rotate(store, clock, 2)
+    os.chmod(root, 0o777)
+    os.chmod(root / "history", 0o755)
+
+    with reopen(root, master, clock).locked():
+        pass
+
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert stat.S_IMODE((root / "history").stat().st_mode) == 0o700

@@ -253,8 +253,8 @@ class KeyStore:
             oldest = min(self.records)
             if index < oldest:
                 return (
-                    f"key {index} is no longer retained (the oldest "
-                    f"retained key is {oldest})"
+                    f"key {index} is not retained (the oldest retained "
+                    f"key is {oldest}); torro keys history lists them"
                 )
         return (
             f"no key with index {index}: indexes run from "
@@ -368,6 +368,7 @@ class KeyStore:
         for directory in (self.root, self.history_dir, self.backup_dir):
             for path in files.remove_temp_files(directory):
                 system_log.info("removed leftover temporary file %s", path)
+        self._tighten_modes()
         self._remove_incomplete_staging()
         if found.pending is not None or found.stale_current \
                 or found.stale_history:
@@ -610,6 +611,22 @@ class KeyStore:
         if self.problem is not None:
             raise self.problem
         return Restored(current, rewritten, plan.lost, set_aside)
+
+    def _tighten_modes(self) -> None:
+        """Make the store's directories 0700 again if someone opened them.
+        """
+        for directory in (self.root, self.history_dir, self.backup_dir,
+                          self.archive_dir):
+            try:
+                mode = directory.stat().st_mode & 0o777
+            except FileNotFoundError:
+                continue
+            if mode & 0o077:
+                os.chmod(directory, files.DIR_MODE)
+                security_log.warning(
+                    "%s was open to group or others (mode %o): made it "
+                    "0700 again", directory, mode,
+                )
 
     def _intact_records(self) -> dict[int, KeyRecord]:
         intact = {}
