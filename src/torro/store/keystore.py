@@ -246,7 +246,8 @@ class KeyStore:
             raise StoreError(self.unknown_index_message(index))
         if self.current is not None and index == self.current.index:
             return self.current_material()
-        return self._reader.open_record(self.history_dir / record.file_name, record)
+        path = self.history_dir / record.file_name
+        return self._reader.open_record(path, record)
 
     def unknown_index_message(self, index: int) -> str:
         if index < self.next_index and self.records:

@@ -207,7 +207,7 @@ class StoreReader:
         missing = [
             index for index in sorted(listed)
             if index not in on_disk
-            and str(self.layout.history_dir / f"key-{index}.json") not in bad_paths
+            and str(self.layout.record_path(index)) not in bad_paths
         ]
 
         # Records history.json does not list (leftovers below it are
