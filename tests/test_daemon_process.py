@@ -464,12 +464,11 @@ def test_two_starts_at_once_leave_one_daemon(torro: "Torro") -> None:
     codes = sorted(start.returncode for start in starts)
 
     assert codes == [0, 1], outputs
-    (winner_out, _), = [
-        out for start, out in zip(starts, outputs, strict=True) if start.returncode == 0
-    ]
-    (_, loser_err), = [
-        out for start, out in zip(starts, outputs, strict=True) if start.returncode == 1
-    ]
+    by_code = {
+        start.returncode: out
+        for start, out in zip(starts, outputs, strict=True)
+    }
+    winner_out, loser_err = by_code[0][0], by_code[1][1]
     pid = pid_in_file(torro)
     assert winner_out == f"daemon started (pid {pid})\n"
     assert len(loser_err.splitlines()) == 1

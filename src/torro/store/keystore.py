@@ -272,7 +272,7 @@ class KeyStore:
             return True
         if self._head_signature() != self._signature:
             return True
-        pending = self.history_dir / f"key-{self.next_index}.json"
+        pending = self.layout.record_path(self.next_index)
         return pending.exists()
 
     def refresh(self) -> bool:
@@ -375,7 +375,7 @@ class KeyStore:
                 or found.stale_history:
             self._finish_commit(found)
         for index in found.leftovers:
-            path = self.history_dir / f"key-{index}.json"
+            path = self.layout.record_path(index)
             if files.destroy_file(path):
                 log.info("removed key %d, beyond retention", index)
         if found.leftovers:
@@ -511,7 +511,7 @@ class KeyStore:
         to leave it to its caller.
         """
         for index in indexes:
-            path = self.history_dir / f"key-{index}.json"
+            path = self.layout.record_path(index)
             with self._warn_on_error("remove", path):
                 files.destroy_file(path)
                 log.info("removed key %d, beyond retention of %d keys",
