@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -345,3 +346,37 @@ def test_rotation_resumes_once_a_damaged_record_is_repaired(
     assert daemon.store.problem is None
     assert rotation is not None
     assert rotation.record.index == 3
+
+
+@pytest.mark.parametrize("how", ["removed", "moved away", "replaced"])
+def test_a_store_taken_away_under_a_daemon_stops_rotation(
+    root: Path, master: MasterKey, clock: FakeClock, tmp_path: Path,
+    how: str,
+) -> None:
+    """Found by a user: a running daemon whose store files disappeared
+    started a new chain at index 0, giving indexes 0 to 4 to new keys."""
+    daemon = daemon_for(root, master, clock)
+    for _ in range(5):
+        daemon.rotate(force=True)
+    older = tmp_path / "older"
+    if how == "replaced":
+        other = daemon_for(older, master, clock)
+        other.rotate(force=True)
+    if how == "removed":
+        shutil.rmtree(root)
+    else:
+        os.rename(root, tmp_path / "elsewhere")
+        if how == "replaced":
+            os.rename(older, root)
+    clock.now += 10 * INTERVAL
+
+    assert daemon.tick() is None
+
+    problem = daemon.store.problem
+    assert problem is not None
+    assert problem.path == str(root)
+    assert problem.reason.startswith(
+        "went back from next index 5 to "
+    )
+    assert not (root / "history" / "key-0.json").exists() \
+        or how == "replaced"

@@ -141,6 +141,9 @@ class KeyStore:
         self.next_index = 0
         self.retired_fingerprints: set[str] = set()
         self._seen: set[str] = set()
+        # The highest next index this object has seen: a store never goes
+        # back, so a lower one means its files were taken away.
+        self._high_water = 0
         self.problem: IntegrityError | None = None
         self._loaded = False
         self._stale = True
@@ -169,6 +172,16 @@ class KeyStore:
             found = self._reader.read(self.integrity_check)
             if self._head_signature() == signature:
                 break
+        if found.next_index < self._high_water and not found.problems:
+            found.problems.append(IntegrityError(
+                str(self.root),
+                f"went back from next index {self._high_water} to "
+                f"{found.next_index} while this process used it: its "
+                "files were removed, moved or replaced by an older copy",
+                "put the store back (torro keys restore, or from a backup "
+                "of your own); rotation stays stopped until then",
+            ))
+        self._high_water = max(self._high_water, found.next_index)
         self.records = found.records
         self.current = found.current
         self.next_index = found.next_index
@@ -493,6 +506,7 @@ class KeyStore:
         self.records = records
         self.current = record
         self.next_index = record.index + 1
+        self._high_water = max(self._high_water, self.next_index)
         self.retired_fingerprints = retired
         self._seen.add(record.fingerprint)
         self._current_material = material
