@@ -16,7 +16,12 @@ from typing import Any, NoReturn
 import click
 
 from torro import __version__, logs, process
-from torro.config import Settings, load_pid_file, load_settings
+from torro.config import (
+    Settings,
+    check_files,
+    load_pid_file,
+    load_settings,
+)
 from torro.errors import TorroError
 from torro.manager import (
     DaemonManager,
@@ -25,7 +30,6 @@ from torro.manager import (
     open_existing_store,
 )
 from torro.rotation import KeyRotationDaemon, RotationPolicy
-from torro.sealing import parse_master_key, read_master_key_file
 from torro.store import KeyStore, open_store
 
 
@@ -354,10 +358,12 @@ def keys_restore() -> None:
         click.echo(f"wrote {path}")
     for index in restored.set_aside:
         click.echo(f"set aside key-{index}.json in {store.archive_dir}")
-    for index, fingerprint in sorted(restored.lost.items()):
+    for index, entry in sorted(restored.lost.items()):
         click.echo(
-            f"lost key {index} (fingerprint {fingerprint or 'unknown'}): no "
-            "intact copy is left; licenses signed with it no longer verify"
+            f"lost key {index} (fingerprint "
+            f"{entry['fingerprint'] or 'unknown'}): no intact copy is left; "
+            "licenses signed with it no longer verify until a copy is put "
+            "back and torro keys restore runs again"
         )
     click.echo(f"restored: current key {restored.current.index}")
 
@@ -398,14 +404,12 @@ def config() -> None:
 
 @config.command("check")
 def config_check() -> None:
-    """Validate every setting without starting anything."""
-    settings = _settings()
-    if settings.master_key is not None:
-        parse_master_key(
-            settings.master_key.get_secret_value(), "KEY_DAEMON_MASTER_KEY"
-        )
-    elif settings.master_key_file is not None:
-        read_master_key_file(settings.master_key_file)
+    """Validate every setting without starting anything or creating files.
+
+    Paths are checked as the other commands check them, and a master key
+    file is read; any problem is a bad setting and exits 2.
+    """
+    check_files(_settings())
     click.echo("configuration ok")
 
 

@@ -18,11 +18,17 @@ absolute, so that it ends in a name of its own.
 
 :func:`load_pid_file` reads and checks ``KEY_DAEMON_PID_FILE`` alone, so
 that a running daemon can be stopped while another setting is bad.
+
+Loading looks at no file but ``.env``. :func:`check_store_paths` and
+:func:`check_files` then check the settings against what is on disk,
+creating nothing: the first before a key store is opened, the second
+for ``torro config check``.
 """
 
 import io
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,7 +49,7 @@ from pydantic_settings import (
 )
 
 from torro.errors import ConfigError, MasterKeyError
-from torro.sealing import parse_master_key
+from torro.sealing import parse_master_key, read_master_key_file
 
 
 MASTER_KEY_VARIABLE = "KEY_DAEMON_MASTER_KEY"
@@ -397,6 +403,142 @@ def load_pid_file(
     variable = str(Settings.model_fields["pid_file"].validation_alias)
     values = _gather([variable], environ, env_file)
     return _checked_settings(values).pid_file
+
+
+def check_store_paths(settings: Settings) -> None:
+    """Refuse key store paths that cannot hold a key store.
+
+    ``KEY_STORAGE_PATH`` and the history directory must each be a
+    directory, or be missing with no parent that is something else; and
+    ``KEY_DAEMON_MASTER_KEY_FILE`` must lie outside both, so that a copy
+    of the store alone cannot open the keys. Nothing is created.
+
+    Called before the master key is looked for, so that a file is not
+    taken for a store that holds keys.
+
+    :raises ConfigError: a path cannot be used; the message names the
+        variable, its value and what to do.
+    """
+    _check_directory(
+        "KEY_STORAGE_PATH",
+        settings.storage_path,
+        settings.storage_path,
+        "point it at a directory (it is created if missing)",
+    )
+    if settings.history_path is not None:
+        _check_directory(
+            "KEY_HISTORY_PATH",
+            settings.history_path,
+            settings.history_path,
+            "point it at a directory (it is created if missing)",
+        )
+    elif _blocking_path(settings.history_dir) is not None:
+        raise ConfigError(
+            f"{settings.history_dir} is not a directory: move it aside, or "
+            "set KEY_HISTORY_PATH to a directory (it is created if missing)"
+        )
+    _check_master_key_outside_store(settings)
+
+
+def check_files(settings: Settings) -> None:
+    """Check every path the settings name against the disk, creating nothing.
+
+    What :func:`check_store_paths` checks; that the log directory and the
+    directory of the PID file can exist; and that a configured master key
+    file holds a master key.
+
+    :raises ConfigError: a path or the master key file cannot be used;
+        the message names the variable or file and what to do.
+    """
+    check_store_paths(settings)
+    _check_directory(
+        "KEY_DAEMON_LOG_DIR",
+        settings.log_dir,
+        settings.log_dir,
+        "point it at a directory (it is created if missing)",
+    )
+    _check_directory(
+        "KEY_DAEMON_PID_FILE",
+        settings.pid_file,
+        settings.pid_file.parent,
+        "point it at a file in a directory (the directory is created if "
+        "missing)",
+    )
+    if settings.master_key_file is not None:
+        try:
+            read_master_key_file(settings.master_key_file)
+        except MasterKeyError as exc:
+            # the file the operator configured: a bad setting, exit 2
+            raise ConfigError(str(exc)) from exc
+
+
+def _check_directory(
+    variable: str, value: Path, directory: Path, advice: str
+) -> None:
+    """Refuse ``directory`` when it, or a parent, is not a directory.
+
+    :param variable: the setting, for the message.
+    :param value: its value, for the message.
+    :param directory: the directory the setting needs (the value itself,
+        or the directory of a file).
+    :param advice: what to do, ending the message.
+    """
+    blocking = _blocking_path(directory)
+    if blocking is None:
+        return
+    shown = f"{variable}={_show_value(str(value))}"
+    if blocking == value:
+        raise ConfigError(f"{shown} is not a directory: {advice}")
+    raise ConfigError(
+        f"{shown} is inside {_show_value(str(blocking))}, which is not a "
+        f"directory: {advice}"
+    )
+
+
+def _blocking_path(directory: Path) -> Path | None:
+    """Return what keeps ``directory`` from being or becoming a directory.
+
+    The nearest of ``directory`` and its parents that exists is looked
+    at: it is returned when it is not a directory. None when it is one,
+    or when the disk cannot tell (no permission to look, a name too
+    long): the operation that follows reports that better.
+    """
+    for candidate in (directory, *directory.parents):
+        try:
+            mode = os.stat(candidate).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return None
+        return None if stat.S_ISDIR(mode) else candidate
+    return None
+
+
+def _check_master_key_outside_store(settings: Settings) -> None:
+    """Refuse a master key file inside the key store or its history.
+
+    Paths are compared resolved, so that neither a symbolic link nor
+    ``..`` hides where the file is.
+    """
+    if settings.master_key_file is None:
+        return
+    stores = [("the key store", settings.storage_path)]
+    if settings.history_path is not None:
+        stores.append(("the history directory", settings.history_path))
+    try:
+        key_file = settings.master_key_file.resolve()
+        resolved = [(name, path, path.resolve()) for name, path in stores]
+    except (OSError, RuntimeError):
+        # a symbolic link loop: reading the key file reports it
+        return
+    for name, path, directory in resolved:
+        if key_file.is_relative_to(directory):
+            raise ConfigError(
+                f"{MASTER_KEY_FILE_VARIABLE}="
+                f"{_show_value(str(settings.master_key_file))} is inside "
+                f"{name} {_show_value(str(path))}: keep the master key "
+                "outside it, so a copy of the store cannot open the keys"
+            )
 
 
 def _gather(

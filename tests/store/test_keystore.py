@@ -280,6 +280,7 @@ def test_history_json_lists_metadata_and_is_checksummed(
         "masterKeyId": master.key_id,
         "keys": [records[1].metadata(), records[2].metadata()],
         "retiredFingerprints": [records[0].fingerprint],
+        "lostKeys": [],
     }
     assert "key" not in document["keys"][0]
     assert store.sealer.checksum_matches(canonical_json(document), checksum)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from fakes import FakeClock
 
-from torro.errors import StoreError
+from torro.errors import IntegrityError, StoreError
 from torro.rotation import KeyRotationDaemon, RotationPolicy
 from torro.sealing import MasterKey, Sealer
 from torro.store import KeyStore
@@ -107,7 +107,8 @@ def test_a_deleted_middle_record_is_reported_lost(
 
     restored = restore(root, master, clock)
 
-    assert restored.lost == {2: fingerprint}
+    assert list(restored.lost) == [2]
+    assert restored.lost[2]["fingerprint"] == fingerprint
     assert restored.current.index == 5
     store = after_restore(root, master, clock)
     assert sorted(store.records) == [0, 1, 3, 4, 5]
@@ -205,3 +206,36 @@ def test_restore_never_deletes_a_record_file(
 
     assert len(list((root / "archive").glob("set-aside-*-key-9.json"))) == 1
     after_restore(root, master, clock)
+
+
+@pytest.mark.parametrize("index", [0, 2])
+def test_a_lost_key_that_comes_back_is_taken_back_not_removed(
+    root: Path, master: MasterKey, clock: FakeClock, six: dict[int, str],
+    tmp_path: Path, index: int,
+) -> None:
+    """Found by a user: a key restore had reported lost was destroyed as
+    "beyond retention" by the next rotation once its file came back."""
+    record = root / "history" / f"key-{index}.json"
+    saved = tmp_path / "saved.json"
+    os.rename(record, saved)
+    assert list(restore(root, master, clock).lost) == [index]
+
+    shutil.copy(saved, record)
+    store = make_store(root, master, clock)
+    store.load()
+    assert store.problem is not None
+    assert (store.problem.path, store.problem.reason) == (
+        str(record),
+        f"holds key {index}, which torro keys restore reported lost",
+    )
+    with pytest.raises(IntegrityError):
+        rotate(store, clock, 1)
+    assert record.read_bytes() == saved.read_bytes()
+
+    restored = restore(root, master, clock)
+
+    assert restored.lost == {}
+    store = after_restore(root, master, clock)
+    assert material_hex(store) == six
+    rotate(store, clock, 1)
+    assert record.read_bytes() == saved.read_bytes()

@@ -1,10 +1,8 @@
 """The key store: records, durable files, the store itself and import."""
 
 from collections.abc import Callable
-from pathlib import Path
 
-from torro.config import Settings
-from torro.errors import ConfigError
+from torro.config import Settings, check_store_paths
 from torro.sealing import Sealer, resolve_master_key
 from torro.store.keystore import KeyStore, NewChainEntry, now_ms
 from torro.store.layout import store_is_empty
@@ -35,10 +33,11 @@ def open_store(
 
     :param create_master_key: create the default master key file when the
         store is empty and none is configured; read-only callers say no.
-    :raises ConfigError: the storage or history path is something other
-        than a directory.
+    :raises ConfigError: the storage or history path is not, and cannot
+        become, a directory, or the master key file lies inside the store
+        (see :func:`torro.config.check_store_paths`).
     """
-    _check_directories(settings)
+    check_store_paths(settings)
     master = resolve_master_key(
         settings.master_key.get_secret_value()
         if settings.master_key is not None else None,
@@ -57,26 +56,3 @@ def open_store(
         clock=clock,
     )
 
-
-def _check_directories(settings: Settings) -> None:
-    """Refuse a storage or history path that exists as a non-directory.
-
-    Checked before the master key is looked for, so that such a path is
-    not taken for a store that holds keys.
-    """
-    paths: list[tuple[str, Path]] = [
-        ("KEY_STORAGE_PATH", settings.storage_path),
-        ("KEY_HISTORY_PATH", settings.history_dir),
-    ]
-    for variable, path in paths:
-        if not path.exists() or path.is_dir():
-            continue
-        if variable == "KEY_HISTORY_PATH" and settings.history_path is None:
-            raise ConfigError(
-                f"{path} is not a directory: move it aside, or set "
-                "KEY_HISTORY_PATH to a directory (it is created if missing)"
-            )
-        raise ConfigError(
-            f"{variable}={path} is not a directory: point it at a "
-            "directory (it is created if missing)"
-        )

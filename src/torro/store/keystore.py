@@ -79,15 +79,15 @@ class Restored:
 
     :param current: the current key afterwards.
     :param rewritten: the files written again.
-    :param lost: keys with no intact copy left, with their fingerprints
-        when known.
+    :param lost: keys with no intact copy left: index, checksum and
+        fingerprint (when known) of each.
     :param set_aside: indexes of record files moved to archive/.
     :param changed: False when the store needed nothing.
     """
 
     current: KeyRecord
     rewritten: list[str]
-    lost: dict[int, str | None]
+    lost: dict[int, dict[str, Any]]
     set_aside: list[int]
     changed: bool = True
 
@@ -144,6 +144,8 @@ class KeyStore:
         # The highest next index this object has seen: a store never goes
         # back, so a lower one means its files were taken away.
         self._high_water = 0
+        # Keys a restore found no intact copy of (see torro.store.restore).
+        self.lost: dict[int, dict[str, Any]] = {}
         self.problem: IntegrityError | None = None
         self._loaded = False
         self._stale = True
@@ -186,6 +188,7 @@ class KeyStore:
         self.current = found.current
         self.next_index = found.next_index
         self.retired_fingerprints = found.retired
+        self.lost = found.lost
         self._seen = set(found.retired)
         self._seen.update(r.fingerprint for r in found.records.values())
         previous = self.problem
@@ -606,7 +609,8 @@ class KeyStore:
         files.sync_directory(self.history_dir)
         current = plan.current
         history = self._history_bytes(
-            plan.kept, current.index, plan.next_index, plan.retired
+            plan.kept, current.index, plan.next_index, plan.retired,
+            plan.lost,
         )
         current_bytes = current.to_json()
         files.write_file(self.history_path, history)
@@ -858,6 +862,7 @@ class KeyStore:
         current: int,
         next_index: int,
         retired: set[str],
+        lost: dict[int, dict[str, Any]] | None = None,
     ) -> bytes:
         """Return history.json: its canonical JSON, checksum first.
 
@@ -877,7 +882,11 @@ class KeyStore:
         payload = b"".join((
             b'{"current":%d,"format":%d,"keys":[' % (current, HISTORY_FORMAT),
             b",".join(fragments.values()),
-            b'],"masterKeyId":', canonical_json(self.sealer.master_key_id),
+            b'],"lostKeys":',
+            canonical_json([
+                entry for _, entry in sorted((lost or self.lost).items())
+            ]),
+            b',"masterKeyId":', canonical_json(self.sealer.master_key_id),
             b',"nextIndex":%d,"retiredFingerprints":' % next_index,
             canonical_json(sorted(retired)),
             b"}",

@@ -36,6 +36,8 @@ class Snapshot:
     :param stale_current: current.json is one rotation behind.
     :param stale_history: history.json is one rotation behind.
     :param leftovers: indexes below the oldest retained key, to remove.
+    :param lost: keys a restore found no intact copy of, by index, with
+        their checksum and fingerprint.
     """
 
     records: dict[int, KeyRecord]
@@ -48,6 +50,7 @@ class Snapshot:
     stale_current: bool = False
     stale_history: bool = False
     leftovers: list[int] = dataclasses.field(default_factory=list)
+    lost: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 class StoreReader:
@@ -110,7 +113,10 @@ class StoreReader:
         for index in sorted(paths):
             path = str(paths[index])
             if floor is not None and index < floor:
-                found.leftovers.append(index)
+                if index in history["lost"]:
+                    found.problems.append(_came_back(path, index))
+                else:
+                    found.leftovers.append(index)
                 continue
             if previous is not None and previous.index != index - 1:
                 # A gap: history.json names the missing record.
@@ -201,6 +207,7 @@ class StoreReader:
         head = history["current"]
         found.next_index = history["nextIndex"]
         found.retired = set(history["retiredFingerprints"])
+        found.lost = history["lost"]
         records = found.records
         on_disk = set(records)
         bad_paths = {problem.path for problem in found.problems}
@@ -222,6 +229,10 @@ class StoreReader:
                 found.pending = record
             elif index > found.next_index and index - 1 in on_disk:
                 newer.append(index)
+            elif index in found.lost:
+                found.problems.append(_came_back(
+                    str(self.layout.record_path(index)), index
+                ))
             else:
                 found.problems.append(IntegrityError(
                     str(self.layout.history_dir / record.file_name),
@@ -412,6 +423,10 @@ class StoreReader:
                 entry["index"]: entry["fingerprint"]
                 for entry in document["keys"]
             }
+            lost = {
+                entry["index"]: entry
+                for entry in document.get("lostKeys", [])
+            }
             current = document["current"]
             next_index = document["nextIndex"]
             retired = document["retiredFingerprints"]
@@ -422,10 +437,19 @@ class StoreReader:
         return {
             "keys": keys,
             "fingerprints": fingerprints,
+            "lost": lost,
             "current": current,
             "nextIndex": next_index,
             "retiredFingerprints": retired,
         }
+
+
+def _came_back(path: str, index: int) -> IntegrityError:
+    return IntegrityError(
+        path,
+        f"holds key {index}, which torro keys restore reported lost",
+        "run torro keys restore to take it back",
+    )
 
 
 def _master_key_id(data: bytes | None) -> str | None:

@@ -13,7 +13,8 @@ The rules, in order:
    verify under the master key; the retired fingerprints of both count.
 2. A listed key is kept when a copy of it with the listed checksum opens:
    its own file first, else current.json or backup/current.json. A listed
-   key with no such copy is lost.
+   key with no such copy is lost, and stays listed as lost, so that an
+   intact copy that comes back later is taken back, never removed.
 3. A record newer than the listing is kept while it chains on to the
    newest kept key: the listing may be a rotation or more behind.
 4. A file below the oldest listed key is a leftover of retention; any
@@ -34,8 +35,8 @@ class RestorePlan:
     :param kept: the retained records after the restore, by index.
     :param copies: kept records whose own file is missing or damaged and
         is written again from a spare copy, by index.
-    :param lost: listed keys with no intact copy, with their
-        fingerprints when the listing gives them.
+    :param lost: listed keys with no intact copy: their index, checksum
+        and fingerprint (None when the listing does not give it).
     :param lowest: the oldest key the store held; files below it are
         leftovers of retention.
     :param next_index: where the next key goes.
@@ -44,7 +45,7 @@ class RestorePlan:
 
     kept: dict[int, KeyRecord]
     copies: dict[int, KeyRecord]
-    lost: dict[int, str | None]
+    lost: dict[int, dict[str, Any]]
     lowest: int
     next_index: int
     retired: set[str]
@@ -85,20 +86,32 @@ def plan_restore(
             retired=retired,
         )
 
-    listed: dict[int, str] = listing["keys"]
+    # The keys the listing names, and those an earlier restore reported
+    # lost: a lost key whose intact copy is back is kept again.
+    wanted = {
+        index: {
+            "index": index,
+            "checksum": checksum,
+            "fingerprint": listing["fingerprints"].get(index),
+        }
+        for index, checksum in listing["keys"].items()
+    }
+    for index, entry in listing["lost"].items():
+        wanted.setdefault(index, entry)
     kept = {}
-    lost: dict[int, str | None] = {}
-    for index, checksum in sorted(listed.items()):
+    lost: dict[int, dict[str, Any]] = {}
+    for index, entry in sorted(wanted.items()):
         match = next(
-            (c for c in candidates.get(index, []) if c.checksum == checksum),
+            (c for c in candidates.get(index, [])
+             if c.checksum == entry["checksum"]),
             None,
         )
         if match is None:
-            lost[index] = listing["fingerprints"].get(index)
+            lost[index] = entry
         else:
             kept[index] = match
     newest = max(kept, default=None)
-    for index in sorted(i for i in candidates if i > max(listed)):
+    for index in sorted(i for i in candidates if i > max(wanted)):
         if newest is None:
             break
         previous = kept[newest]
@@ -114,14 +127,14 @@ def plan_restore(
     if not kept:
         return None
 
-    for fingerprint in lost.values():
-        if fingerprint is not None:
-            retired.add(fingerprint)
+    for entry in lost.values():
+        if entry["fingerprint"] is not None:
+            retired.add(entry["fingerprint"])
     return RestorePlan(
         kept=kept,
         copies=_copies_needed(kept, records),
         lost=lost,
-        lowest=min(listed),
+        lowest=min(listing["keys"]),
         next_index=max(listing["nextIndex"], max(kept) + 1),
         retired=retired,
     )
