@@ -14,7 +14,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -212,6 +212,41 @@ def test_config_check_refuses_values_that_crashed_later(
     assert len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("KEY_STORAGE_PATH", "afile"),
+        ("KEY_STORAGE_PATH", "/dev/null"),
+        ("KEY_HISTORY_PATH", "afile"),
+    ],
+)
+def test_config_check_refuses_a_store_path_that_other_commands_refuse(
+    here: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+) -> None:
+    # config check said "configuration ok" (exit 0) for a regular file,
+    # which every other command refused
+    (here / "afile").write_text("")
+    monkeypatch.setenv(variable, value)
+
+    checked = run_here(capsys, "config", "check")
+    assert os.listdir(here) == ["afile"]
+    rotated = run_here(capsys, "daemon", "rotate")
+
+    assert checked == rotated
+    assert checked == (
+        2,
+        "",
+        (
+            f"torro: error: {variable}={value} is not a directory: point "
+            "it at a directory (it is created if missing)\n"
+        ),
+    )
+
+
 def test_config_show_redacts_the_master_key(torro: "Torro") -> None:
     master_key = secrets.token_hex(32)
     env = {"KEY_DAEMON_MASTER_KEY": master_key}
@@ -392,6 +427,65 @@ def test_store_path_that_is_no_directory_is_named_as_such(
     assert sorted(os.listdir(here)) == ["afile", "logs"]
 
 
+@pytest.mark.parametrize(
+    ("variable", "commands"),
+    [
+        (
+            "KEY_STORAGE_PATH",
+            [("config", "check"), ("daemon", "rotate"), ("keys", "verify")],
+        ),
+        (
+            "KEY_HISTORY_PATH",
+            [("config", "check"), ("daemon", "rotate"), ("keys", "verify")],
+        ),
+        ("KEY_DAEMON_LOG_DIR", [("config", "check")]),
+    ],
+)
+def test_path_under_a_regular_file_is_not_taken_for_a_store(
+    here: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    commands: list[tuple[str, ...]],
+) -> None:
+    # KEY_STORAGE_PATH=afile/sub said "no master key for the key store
+    # afile/sub: it holds keys but .../afile/sub.master-key does not exist"
+    (here / "afile").write_text("")
+    monkeypatch.setenv(variable, "afile/sub")
+
+    for command in commands:
+        code, out, err = run_here(capsys, *command)
+
+        assert (code, out) == (2, "")
+        assert err == (
+            f"torro: error: {variable}=afile/sub is inside afile, which is "
+            "not a directory: point it at a directory (it is created if "
+            "missing)\n"
+        )
+    assert "afile" in os.listdir(here)
+    assert not (here / "afile.master-key").exists()
+
+
+def test_config_check_refuses_a_pid_file_under_a_regular_file(
+    here: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # config check said "configuration ok"; daemon start then failed
+    (here / "afile").write_text("")
+    monkeypatch.setenv("KEY_DAEMON_PID_FILE", "afile/torro.pid")
+
+    code, out, err = run_here(capsys, "config", "check")
+
+    assert (code, out) == (2, "")
+    assert err == (
+        "torro: error: KEY_DAEMON_PID_FILE=afile/torro.pid is inside afile, "
+        "which is not a directory: point it at a file in a directory (the "
+        "directory is created if missing)\n"
+    )
+    assert os.listdir(here) == ["afile"]
+
+
 def test_os_error_is_an_operator_error_not_a_bug(
     here: Path,
     capsys: pytest.CaptureFixture[str],
@@ -510,6 +604,61 @@ def test_lost_master_key_file_changes_nothing(torro: "Torro") -> None:
     status = torro.run("daemon", "status", "--json")
     assert status.code == 3
     assert json.loads(status.stdout)["integrity"] == "unreadable"
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (None, "does not exist"),
+        (lambda path: path.mkdir(), "is not a regular file"),
+        (lambda path: path.write_text("0" * 5000), "is larger than 4096"),
+        (lambda path: path.write_text("not a key\n"), "must hold exactly"),
+    ],
+)
+def test_config_check_master_key_file_problem_is_a_bad_setting(
+    here: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    make: Callable[[Path], object] | None,
+    reason: str,
+) -> None:
+    # config check exited 1 for it; the README says a bad setting exits 2
+    if make is not None:
+        make(here / "master.key")
+    monkeypatch.setenv("KEY_DAEMON_MASTER_KEY_FILE", "master.key")
+
+    checked = run_here(capsys, "config", "check")
+    rotated = run_here(capsys, "daemon", "rotate")
+
+    assert checked[:2] == (2, "")
+    assert checked[2].startswith(
+        f"torro: error: master key file master.key {reason}"
+    )
+    assert len(checked[2].splitlines()) == 1
+    # the other commands are left as they were
+    assert rotated == (1, "", checked[2])
+
+
+def test_master_key_file_inside_the_key_store_is_refused(
+    here: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # it was accepted silently, so a copy of the store opened its keys
+    (here / "keys").mkdir()
+    (here / "keys/mk").write_text(secrets.token_hex(32) + "\n")
+    monkeypatch.setenv("KEY_DAEMON_MASTER_KEY_FILE", "keys/mk")
+
+    for command in (("config", "check"), ("daemon", "rotate")):
+        code, out, err = run_here(capsys, *command)
+
+        assert (code, out) == (2, "")
+        assert err == (
+            "torro: error: KEY_DAEMON_MASTER_KEY_FILE=keys/mk is inside the "
+            "key store keys: keep the master key outside it, so a copy of "
+            "the store cannot open the keys\n"
+        )
+    assert os.listdir(here / "keys") == ["mk"]
 
 
 def test_without_encryption_the_key_is_stored_as_hex(torro: "Torro") -> None:

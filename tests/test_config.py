@@ -1,5 +1,6 @@
 """Tests for torro.config: defaults, sources, checks and messages."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,8 @@ from hypothesis import strategies as st
 
 from torro.config import (
     Settings,
+    check_files,
+    check_store_paths,
     load_pid_file,
     load_settings,
     variable_names,
@@ -453,6 +456,154 @@ def test_load_pid_file_checks_its_value(tmp_path: Path) -> None:
     assert str(caught.value) == (
         "KEY_DAEMON_PID_FILE=' ' is empty: use the path of a file"
     )
+
+
+# -- checks against the disk ---------------------------------------------
+
+@pytest.fixture
+def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Return an empty working directory holding a regular file, afile."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    (work / "afile").write_text("")
+    return work
+
+
+def disk_rejection(**environ: str) -> str:
+    """Return the message of the ConfigError check_files raises."""
+    with pytest.raises(ConfigError) as caught:
+        check_files(load(**environ))
+    assert caught.value.exit_code == 2
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1
+    return message
+
+
+def test_checks_against_the_disk_create_nothing(work: Path) -> None:
+    key_file = work.parent / "master.key"
+    key_file.write_text(MASTER_KEY + "\n")
+    settings = load(
+        KEY_STORAGE_PATH="a/keys",
+        KEY_HISTORY_PATH="b/history",
+        KEY_DAEMON_LOG_DIR="c/logs",
+        KEY_DAEMON_PID_FILE="d/torro.pid",
+        KEY_DAEMON_MASTER_KEY_FILE=str(key_file),
+    )
+
+    check_store_paths(settings)
+    check_files(settings)
+
+    assert sorted(p.name for p in work.iterdir()) == ["afile"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "advice"),
+    [
+        ("KEY_STORAGE_PATH", "point it at a directory"),
+        ("KEY_HISTORY_PATH", "point it at a directory"),
+        ("KEY_DAEMON_LOG_DIR", "point it at a directory"),
+        ("KEY_DAEMON_PID_FILE", "point it at a file in a directory"),
+    ],
+)
+def test_path_under_a_regular_file_is_refused(
+    work: Path, variable: str, advice: str
+) -> None:
+    # KEY_STORAGE_PATH=afile/sub said "no master key for the key store
+    # afile/sub: it holds keys but .../afile/sub.master-key does not exist"
+    message = disk_rejection(**{variable: "afile/sub"})
+
+    assert message.startswith(
+        f"{variable}=afile/sub is inside afile, which is not a directory: "
+        f"{advice} ("
+    )
+
+
+@pytest.mark.parametrize("text", ["afile", "/dev/null"])
+def test_store_path_that_is_a_file_is_refused(
+    work: Path, text: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        check_store_paths(load(KEY_STORAGE_PATH=text))
+
+    assert str(caught.value) == (
+        f"KEY_STORAGE_PATH={text} is not a directory: point it at a "
+        "directory (it is created if missing)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("environ", "store"),
+    [
+        ({"KEY_DAEMON_MASTER_KEY_FILE": "keys/mk"}, "the key store keys"),
+        (
+            {"KEY_DAEMON_MASTER_KEY_FILE": "other/../keys/deep/mk"},
+            "the key store keys",
+        ),
+        (
+            {"KEY_DAEMON_MASTER_KEY_FILE": "link/mk"},
+            "the key store keys",
+        ),
+        (
+            {
+                "KEY_STORAGE_PATH": "store",
+                "KEY_DAEMON_MASTER_KEY_FILE": "store",
+            },
+            "the key store store",
+        ),
+        (
+            {
+                "KEY_HISTORY_PATH": "hist",
+                "KEY_DAEMON_MASTER_KEY_FILE": "hist/mk",
+            },
+            "the history directory hist",
+        ),
+    ],
+)
+def test_master_key_file_inside_the_key_store_is_refused(
+    work: Path, environ: dict[str, str], store: str
+) -> None:
+    # a copy of the store alone opened its keys
+    (work / "keys").mkdir()
+    (work / "link").symlink_to("keys")
+    value = environ["KEY_DAEMON_MASTER_KEY_FILE"]
+
+    with pytest.raises(ConfigError) as caught:
+        check_store_paths(load(**environ))
+
+    assert caught.value.exit_code == 2
+    assert str(caught.value) == (
+        f"KEY_DAEMON_MASTER_KEY_FILE={value} is inside {store}: keep the "
+        "master key outside it, so a copy of the store cannot open the keys"
+    )
+
+
+@pytest.mark.parametrize("text", ["keys.master-key", "keys2/mk", "../mk"])
+def test_master_key_file_beside_the_key_store_is_accepted(
+    work: Path, text: str
+) -> None:
+    check_store_paths(load(KEY_DAEMON_MASTER_KEY_FILE=text))
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (None, "does not exist"),
+        (lambda path: path.mkdir(), "is not a regular file"),
+        (lambda path: path.write_text("0" * 5000), "is larger than 4096"),
+        (lambda path: path.write_text("not a key\n"), "must hold exactly"),
+    ],
+)
+def test_master_key_file_problem_is_a_configuration_error(
+    work: Path, make: Callable[[Path], object] | None, reason: str
+) -> None:
+    # torro config check exited 1 for it, not 2 as for any bad setting
+    if make is not None:
+        make(work / "master.key")
+
+    message = disk_rejection(KEY_DAEMON_MASTER_KEY_FILE="master.key")
+
+    assert message.startswith(f"master key file master.key {reason}")
 
 
 def test_value_with_line_break_stays_on_one_line() -> None:

@@ -352,7 +352,7 @@ def test_start_on_a_damaged_store_warns(torro: "Torro") -> None:
     assert started.error_lines == [
         f"torro: warning: rotation is stopped: {record.relative_to(cwd)}: "
         "checksum does not match (the record was edited); run torro keys "
-        "verify, then torro keys restore"
+        "restore"
     ]
     assert torro.run("daemon", "stop").code == 0
 

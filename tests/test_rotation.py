@@ -11,7 +11,7 @@ import pytest
 from fakes import START, FakeClock
 
 from torro import keygen, logs
-from torro.errors import IntegrityError
+from torro.errors import ClockError, IntegrityError
 from torro.material import fingerprint
 from torro.rotation import KeyRotationDaemon, RotationPolicy
 from torro.sealing import MasterKey, Sealer
@@ -380,3 +380,23 @@ def test_a_store_taken_away_under_a_daemon_stops_rotation(
     )
     assert not (root / "history" / "key-0.json").exists() \
         or how == "replaced"
+
+
+def test_forced_rotation_refuses_while_the_clock_is_behind(
+    root: Path, master: MasterKey, clock: FakeClock
+) -> None:
+    """Found by a user: torro daemon rotate made a key dated a day ahead,
+    like the one before it, while the daemon waited for the clock."""
+    daemon = daemon_for(root, master, clock)
+    daemon.rotate(force=True)
+    clock.now -= DAY
+
+    with pytest.raises(ClockError) as caught:
+        daemon.rotate(force=True)
+
+    assert str(caught.value) == (
+        "the current key (index 0) is dated 86400 s in the future: the "
+        "clock is behind; rotation waits until it catches up; fix the "
+        "clock first"
+    )
+    assert indexes_on_disk(root) == [0]

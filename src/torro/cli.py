@@ -358,6 +358,11 @@ def keys_restore() -> None:
         click.echo(f"wrote {path}")
     for index in restored.set_aside:
         click.echo(f"set aside key-{index}.json in {store.archive_dir}")
+    for index in restored.archive_set_aside:
+        click.echo(
+            f"set aside damaged archived key-{index}.json in "
+            f"{store.archive_dir}"
+        )
     for index, entry in sorted(restored.lost.items()):
         click.echo(
             f"lost key {index} (fingerprint "

@@ -63,5 +63,9 @@ class KeyValidationError(TorroError):
         super().__init__(message)
 
 
+class ClockError(TorroError):
+    """The system clock is behind the current key's date."""
+
+
 class DaemonError(TorroError):
     """The daemon process could not be started, found or stopped."""

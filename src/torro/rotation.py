@@ -18,7 +18,7 @@ from pathlib import Path
 
 from torro import keygen, logs
 from torro.config import Settings
-from torro.errors import KeyValidationError, TorroError
+from torro.errors import ClockError, KeyValidationError, TorroError
 from torro.material import KeyMaterial
 from torro.store import KeyRecord, KeyStore, NewChainEntry
 
@@ -170,10 +170,13 @@ class KeyRotationDaemon:
             if self.store.problem is not None:
                 raise self.store.problem
             now = self.clock() if now is None else now
-            if not force:
-                if self.store.clock_problem(now) or not self.is_due(now):
-                    self._notice_change()
-                    return None
+            clock_problem = self.store.clock_problem(now)
+            if clock_problem is not None and force:
+                # A key made now would be dated in the future as well.
+                raise ClockError(f"{clock_problem}; fix the clock first")
+            if clock_problem is not None or not (force or self.is_due(now)):
+                self._notice_change()
+                return None
             rotation = self._rotate_locked(now)
             rotation.timings.lock = locked
         duration = time.perf_counter() - started

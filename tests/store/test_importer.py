@@ -9,12 +9,14 @@ key the source does not hold; current.json equals key-921.json. hashes/
 and passwords/ belong to other features.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
 import json
 import os
 import shutil
+import signal
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from torro import keygen, logs
-from torro.errors import StoreError
+from torro.errors import KeyValidationError, StoreError
 from torro.material import KeyMaterial
 from torro.rotation import KeyRotationDaemon, RotationPolicy
 from torro.sealing import MasterKey, Sealer
@@ -41,6 +43,7 @@ from torro.store.keystore import (
     KeyStore,
     now_ms,
 )
+from torro.store.layout import store_is_empty
 from torro.store.records import parse_record
 
 
@@ -146,6 +149,12 @@ def baseline(**extra: Any) -> dict[str, Any]:
     return files
 
 
+CLOCK_ADVICE = (
+    "check the clock of the machine that made it, and of this one; "
+    "imported, a key dated in the future would stop rotation"
+)
+
+
 def tree_digest(root: Path) -> dict[str, tuple[int, str]]:
     """Map every path under ``root`` to its mode and content hash."""
     found = {}
@@ -174,6 +183,12 @@ def report_text(report: ImportReport) -> str:
 
 
 # -- the fixture -----------------------------------------------------------
+
+
+def racing_fingerprint() -> str:
+    """The fingerprint of the second key 18, in history/key-19.json."""
+    document = json.loads((FIXTURE / "history/key-19.json").read_bytes())
+    return KeyMaterial.from_hex(document["key"]).fingerprint
 
 
 @dataclasses.dataclass
@@ -216,6 +231,8 @@ def test_fixture_report(imported: FixtureImport) -> None:
     assert report.doubtful == FIXTURE_DOUBTFUL
     assert report.ignored == ["hashes/", "passwords/"]
     assert report.current_index == 921
+    assert report.next_index == 922
+    assert report.retired_skipped == ["history/key-19.json"]
 
 
 @needs_fixture
@@ -276,7 +293,9 @@ def test_fixture_archive_opens_to_the_source_keys(
         previous = archived.checksum
     # the retained chain continues the archived one
     assert store.records[822].previous_checksum == previous
-    assert len(store.retired_fingerprints) == 818
+    # and the skipped second key 18 is retired with them
+    assert len(store.retired_fingerprints) == 818 + 1
+    assert racing_fingerprint() in store.retired_fingerprints
 
 
 @needs_fixture
@@ -373,9 +392,16 @@ def test_fixture_security_log_lines(imported: FixtureImport) -> None:
     assert summary[0].endswith(
         f"imported {FIXTURE} into {imported.store.root}: imported 918 "
         "(retained 100, archived 818), skipped 1, doubtful 5, current "
-        "index 921"
+        "index 921, next index 922"
     )
     assert " INFO " in summary[0]
+    assert any(
+        line.endswith(
+            "import: retired the key of skipped history/key-19.json: it "
+            "is never made again"
+        )
+        for line in lines
+    )
 
 
 @needs_fixture
@@ -393,7 +419,7 @@ def test_fixture_with_long_retention_archives_nothing(
     assert report.doubtful == FIXTURE_DOUBTFUL
     assert not store.archive_dir.exists()
     assert sorted(store.records) == FIXTURE_IMPORTED
-    assert store.retired_fingerprints == set()
+    assert store.retired_fingerprints == {racing_fingerprint()}
     assert store.verify() == []
 
 
@@ -477,7 +503,7 @@ SKIP_CASES: dict[str, tuple[str, Any, str]] = {
         "history/key-2.json",
         record(2, timestamp=NOW + CLOCK_SKEW_ALLOWANCE_MS + 3_600_000),
         "dated 3900 s in the future, beyond the 300 s allowed for clock "
-        "skew",
+        f"skew: {CLOCK_ADVICE}",
     ),
     "duplicate key": (
         "history/key-2.json", record(2, key=key_hex("key 0")),
@@ -503,6 +529,11 @@ SKIP_CASES: dict[str, tuple[str, Any, str]] = {
     "temporary file": (
         "history/.key-2.json.tmp", record(2),
         "not a key record name (key-N.json)",
+    ),
+    "nested too deeply": (
+        # before, RecursionError ended the import with a traceback
+        "history/key-2.json", b"[" * 5000,
+        "nested too deeply for a key record",
     ),
     "too large": (
         "history/key-2.json", b" " * (importer.MAX_RECORD_SIZE + 1),
@@ -577,6 +608,65 @@ def test_unreadable_record_skipped(
         "cannot be read (Permission denied); check its owner and mode",
     )]
     assert report.imported == [0, 1]
+
+
+@contextlib.contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Fail what runs inside if it takes longer, even blocked in open()."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("name", ["history/key-6.json", "current.json"])
+def test_named_pipe_skipped_without_waiting_for_a_writer(
+    tmp_path: Path, name: str
+) -> None:
+    # before, open() waited forever for a writer to the pipe
+    files = baseline()
+    files.pop(name, None)
+    source = write_source(tmp_path / "node", files)
+    os.mkfifo(source / name)
+    store = make_store(tmp_path / "keys")
+
+    with deadline(10):
+        report = import_directory(source, store)
+
+    reason = "a named pipe (FIFO), not a key record"
+    if name == "current.json":
+        reason += "; key 1 becomes current"
+    assert report.skipped == [(name, reason)]
+    assert report.imported == [0, 1]
+    assert report.next_index == (7 if name != "current.json" else 2)
+
+
+def test_device_skipped_without_opening_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = write_source(tmp_path / "node", baseline())
+    (source / "history" / "key-2.json").symlink_to("/dev/null")
+    opened = []
+    real_open = os.open
+
+    def record_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", record_open)
+    plan = read_source(source, now=NOW)
+
+    assert plan.skipped == [
+        ("history/key-2.json", "a device, not a key record"),
+    ]
+    assert not any(path.endswith("key-2.json") for path in opened)
 
 
 def test_folders_sorted_out(tmp_path: Path) -> None:
@@ -769,7 +859,7 @@ def test_future_records_skipped_before_the_order_is_judged(
     assert report.skipped == [
         (f"history/key-{index}.json",
          "dated 3900 s in the future, beyond the 300 s allowed for clock "
-         "skew")
+         f"skew: {CLOCK_ADVICE}")
         for index in (1, 2, 3)
     ]
     assert report.doubtful == [
@@ -1105,6 +1195,198 @@ def test_no_current_json(tmp_path: Path) -> None:
     )]
 
 
+# -- nothing of the source is used twice ------------------------------------
+
+
+def rotate_once(store: KeyStore) -> Any:
+    daemon = KeyRotationDaemon(
+        store,
+        RotationPolicy(rotation_interval_ms=3_600_000,
+                       derivation_rounds=1000),
+        random=PinnedRandom(),
+    )
+    return daemon.rotate(force=True)
+
+
+def test_future_dated_current_key_index_is_never_reused(
+    tmp_path: Path,
+) -> None:
+    # the user case: the Node.js daemon's current key 3, dated 10 min
+    # ahead, was skipped and the next rotation made another key 3
+    ahead = NOW + 10 * 60_000
+    files = chain(4, **{"key-3": {"timestamp": ahead}})
+    source = write_source(tmp_path / "node", files)
+    store = make_store(tmp_path / "keys", clock=lambda: NOW)
+
+    report = import_directory(source, store)
+
+    assert report.imported == [0, 1, 2]
+    assert report.skipped == [
+        ("history/key-3.json",
+         "dated 600 s in the future, beyond the 300 s allowed for clock "
+         f"skew: {CLOCK_ADVICE}"),
+        ("current.json",
+         "the same record as history/key-3.json, skipped for the same "
+         "reason; key 2 becomes current"),
+    ]
+    assert report.current_index == 2
+    assert report.next_index == 4
+    assert store.next_index == 4
+    rotation = rotate_once(store)
+    assert rotation is not None
+    assert rotation.record.index == 4
+    assert rotation.record.derived_from == 2
+    reloaded = make_store(store.root, sealer=store.sealer)
+    assert reloaded.verify() == []
+    reloaded.load()
+    assert sorted(reloaded.records) == [0, 1, 2, 4]
+    assert reloaded.next_index == 5
+
+
+def test_future_dated_current_key_is_retired(tmp_path: Path) -> None:
+    files = chain(4, **{"key-3": {"timestamp": NOW + 10 * 60_000}})
+    source = write_source(tmp_path / "node", files)
+    store = make_store(tmp_path / "keys", clock=lambda: NOW)
+
+    report = import_directory(source, store)
+
+    assert report.retired_skipped == ["history/key-3.json", "current.json"]
+    fingerprint = KeyMaterial.from_hex(key_hex("key 3")).fingerprint
+    assert store.retired_fingerprints == {fingerprint}
+    reloaded = make_store(store.root, sealer=store.sealer)
+    reloaded.load()
+    assert fingerprint in reloaded.seen_fingerprints
+    with pytest.raises(KeyValidationError) as raised:
+        keygen.validate_key(key_hex("key 3"), 32, reloaded.seen_fingerprints)
+    assert raised.value.reason == "duplicate"
+
+
+CLAIM_CASES: dict[str, tuple[dict[str, Any], int]] = {
+    "name of an unreadable file": ({"history/key-7.json": b"{"}, 8),
+    "name of a folder": ({"history/key-12.json/x": b""}, 13),
+    "index of a misnamed record": (
+        {"history/key-2.json": record(9, timestamp=T0 + 2000)}, 10,
+    ),
+    "index of a record with a stray field": (
+        {"history/key-2.json": record(8, comment="x")}, 9,
+    ),
+    "second index of a repeated field": (
+        {"history/key-2.json":
+         json.dumps(record(2))[:-1].encode() + b', "index": 11}'},
+        12,
+    ),
+    "index of current.json": (
+        {"current.json": record(6, algorithm="md5")}, 7,
+    ),
+    "name of a record skipped for its order": (
+        {"history/key-5.json": record(5, timestamp=T0 - 5)}, 6,
+    ),
+    "index beyond what the Node.js daemon could make": (
+        {"history/key-2.json": record(2 ** 60, comment="x")}, 3,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLAIM_CASES))
+def test_next_index_above_every_index_the_source_claims(
+    case: str, tmp_path: Path
+) -> None:
+    extra, next_index = CLAIM_CASES[case]
+    source = write_source(tmp_path / "node", baseline(**extra))
+    store = make_store(tmp_path / "keys", clock=lambda: NOW)
+
+    report = import_directory(source, store)
+
+    assert report.imported == [0, 1]
+    assert report.next_index == next_index
+    reloaded = make_store(store.root, sealer=store.sealer)
+    reloaded.load()
+    assert reloaded.next_index == next_index
+    assert reloaded.verify() == []
+
+
+RETIRED_CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "unknown algorithm": (
+        "history/key-2.json", record(2, algorithm="md5"),
+    ),
+    "uppercase hex": (
+        "history/key-2.json", record(2, key=key_hex("key 2").upper()),
+    ),
+    "stray field": ("history/key-2.json", record(2, comment="x")),
+    "second key of an index": (
+        "history/key-2.json", record(1, key=key_hex("key 2")),
+    ),
+    "out of order": (
+        "history/key-2.json", record(2, timestamp=T0 - 5),
+    ),
+    "current.json with another key": (
+        "current.json", record(1, key=key_hex("key 2")),
+    ),
+    "degenerate": ("history/key-2.json", record(2, key="00" * 32)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RETIRED_CASES))
+def test_skipped_well_formed_key_is_retired(
+    case: str, tmp_path: Path
+) -> None:
+    name, content = RETIRED_CASES[case]
+    source = write_source(tmp_path / "node", baseline(**{name: content}))
+    store = make_store(tmp_path / "keys", clock=lambda: NOW)
+
+    report = import_directory(source, store)
+
+    assert [skipped for skipped, _ in report.skipped] == [name]
+    assert report.retired_skipped == [name]
+    material = KeyMaterial.from_hex(content["key"].lower())
+    assert store.retired_fingerprints == {material.fingerprint}
+    assert store.verify() == []
+
+
+@pytest.mark.parametrize("content", [
+    record(2, key=key_hex("key 2")[:62]),
+    record(2, key=key_hex("key 2", 16)),
+    record(2, key="zz" * 32),
+    record(2, key=key_hex("key 2"), length=True),
+    b'{"key": "' + key_hex("key 2").encode() + b'", "length": 32',
+], ids=["short", "other length", "not hex", "bool length", "bad json"])
+def test_skipped_key_of_no_stated_length_is_not_retired(
+    tmp_path: Path, content: Any
+) -> None:
+    source = write_source(tmp_path / "node", baseline(**{
+        "history/key-2.json": content,
+    }))
+    store = make_store(tmp_path / "keys")
+
+    report = import_directory(source, store)
+
+    assert len(report.skipped) == 1
+    assert report.retired_skipped == []
+    assert store.retired_fingerprints == set()
+
+
+def test_skipped_copy_of_an_imported_key_is_not_retired(
+    tmp_path: Path,
+) -> None:
+    # retiring it would retire the current key 1 itself
+    source = write_source(tmp_path / "node", baseline(**{
+        "history/key-2.json": record(2, key=key_hex("key 1")),
+        "current.json": record(1, timestamp=T0 + 5000),
+    }))
+    store = make_store(tmp_path / "keys")
+
+    report = import_directory(source, store)
+
+    assert [name for name, _ in report.skipped] == [
+        "history/key-2.json", "current.json",
+    ]
+    assert report.current_index == 1
+    assert report.retired_skipped == []
+    assert store.retired_fingerprints == set()
+    assert report.next_index == 3
+    assert rotate_once(store).record.index == 3
+
+
 # -- the store and the source ------------------------------------------------
 
 
@@ -1168,6 +1450,59 @@ def test_non_empty_store_refused(tmp_path: Path) -> None:
     )
     assert "\n" not in message
     assert tree_digest(store.root) == before
+
+
+def kill_import(root: Path) -> Path:
+    """Leave what an import killed while building leaves: the store
+    directory with its lock only, and part of keys.staging/."""
+    root.mkdir()
+    (root / ".lock").touch()
+    staging = root.with_name(root.name + ".staging")
+    (staging / "history").mkdir(parents=True)
+    (staging / "history" / "key-0.json").write_bytes(b'{"key": "se')
+    (staging / ".history.json.1234.tmp").write_bytes(b"{")
+    return staging
+
+
+def test_import_after_a_killed_import(tmp_path: Path) -> None:
+    # before, the store was taken for one holding keys, and import refused
+    source = write_source(tmp_path / "node", baseline())
+    store = make_store(tmp_path / "keys")
+    staging = kill_import(store.root)
+    assert store_is_empty(store.root)
+    importer.require_empty_store(store.root)
+
+    report = import_directory(source, store)
+
+    assert report.imported == [0, 1]
+    assert not staging.exists()
+    reloaded = make_store(store.root, sealer=store.sealer)
+    assert reloaded.verify() == []
+    reloaded.load()
+    assert reloaded.current_material().reveal_hex() == key_hex("key 1")
+
+
+def test_import_after_a_killed_import_with_history_outside(
+    tmp_path: Path,
+) -> None:
+    source = write_source(tmp_path / "node", baseline())
+    sealer = Sealer(MasterKey(os.urandom(32)))
+    history = tmp_path / "history"
+    store = KeyStore(tmp_path / "keys", sealer, history_dir=history)
+    staging = kill_import(store.root)
+    history.mkdir()
+    history_staging = tmp_path / "history.staging"
+    history_staging.mkdir()
+    (history_staging / "key-0.json").write_bytes(b"{")
+    assert store_is_empty(store.root, history)
+
+    report = import_directory(source, store)
+
+    assert report.imported == [0, 1]
+    assert not staging.exists()
+    assert not history_staging.exists()
+    reloaded = KeyStore(store.root, sealer, history_dir=history)
+    assert reloaded.verify() == []
 
 
 def test_store_filled_while_importing_refused(
@@ -1444,3 +1779,55 @@ def test_cli_import_into_a_store_holding_keys_changes_nothing(
         "store away) before importing; nothing was changed",
     ]
     assert tree_digest(torro.cwd) == before
+
+
+def test_cli_import_skips_a_named_pipe(
+    torro: "Torro", tmp_path: Path
+) -> None:
+    # before, torro keys import hung forever
+    source = write_source(tmp_path / "node", baseline())
+    os.mkfifo(source / "history" / "key-6.json")
+
+    outcome = torro.run("keys", "import", str(source))
+
+    assert (outcome.code, outcome.stderr) == (0, "")
+    assert outcome.stdout.splitlines()[0] == (
+        "skipped history/key-6.json: a named pipe (FIFO), not a key record"
+    )
+
+
+def test_cli_import_after_a_killed_import(
+    torro: "Torro", tmp_path: Path
+) -> None:
+    # before: status said empty, verify wanted a backup, import refused
+    source = write_source(tmp_path / "node", baseline())
+    assert torro.run("keys", "import", str(source)).code == 0
+    store = torro.cwd / "keys"
+    master_keys = set(os.listdir(torro.cwd)) - {"keys", "logs"}
+    assert len(master_keys) == 1
+    # the killed import: its master key, keys/ with the lock only and part
+    # of the new store in keys.staging/
+    staging = store.with_name("keys.staging")
+    os.rename(store, staging)
+    for name in ("current.json", "history.json", "backup"):
+        shutil.rmtree(staging / name, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            (staging / name).unlink()
+    store.mkdir()
+    (store / ".lock").touch()
+
+    status = torro.run("daemon", "status", "--json")
+    verify = torro.run("keys", "verify")
+    imported = torro.run("keys", "import", str(source))
+
+    assert json.loads(status.stdout)["integrity"] == "empty"
+    assert verify.code == 1
+    assert "holds no key yet" in verify.stderr
+    assert (imported.code, imported.stderr) == (0, "")
+    assert imported.stdout.splitlines()[-1].endswith("current key 1")
+    assert not staging.exists()
+    assert set(os.listdir(torro.cwd)) - {"keys", "logs"} == master_keys
+    again = torro.run("keys", "verify")
+    assert (again.code, again.stdout) == (
+        0, "ok: 2 keys verified, chain intact, current key 1\n",
+    )

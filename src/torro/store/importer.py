@@ -28,7 +28,9 @@ Each record lands in one of three lists:
   the others that pass on their own, its timestamp fits their order (see
   below) and, when validating, its key is not one imported already.
 - **skipped**: anything else named like a record, with a one-line reason.
-  A skipped record is not imported; the source keeps it.
+  A skipped record is not imported; the source keeps it. Its index and
+  key may still be in use where the Node.js daemon ran (licenses signed
+  with it), so neither is ever made again: see below.
 - **doubtful**: imported, but worth a look: it was derived from a key the
   source does not hold, or not from the key before it in the source;
   another file also records its index; or current.json disagrees with it.
@@ -46,6 +48,13 @@ are retained, the older ones go to the store's archive/, sealed like the
 rest, with their fingerprints retired. Index, timestamp, algorithm, length
 and derivedFrom are kept exactly.
 
+Nothing of the source is used twice. The store's next index is above
+every index the source claims: the N of every file named key-N.json and
+every integer "index" field of those files and of current.json, whether
+imported or skipped (up to :data:`MAX_SAFE_INDEX`). The fingerprint of
+every skipped key that is hex of the length its record states is retired,
+unless the same key is imported.
+
 No reason, report or log line holds key material: records are named by
 file and index only.
 """
@@ -56,6 +65,7 @@ import json
 import logging
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +86,16 @@ MAX_KEY_LENGTH = 1024
 # A record of the longest key is about 2.3 KiB; anything much larger is
 # not a key record and is not read into memory.
 MAX_RECORD_SIZE = 64 * 1024
+# The Node.js daemon held indexes as JavaScript numbers, exact up to
+# 2**53 - 1; a larger one is not an index it made, and rotation never
+# reaches it, so it does not raise the next index.
+MAX_SAFE_INDEX = 2**53 - 1
 
 CURRENT_NAME = "current.json"
 HISTORY_NAME = "history"
 
 _LOWER_HEX = re.compile(r"[0-9a-f]*")
+_ANY_HEX = re.compile(r"[0-9a-fA-F]*")
 # Names quoted in reasons; anything else might be a misplaced key.
 _PLAIN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 _LONG_HEX = re.compile(r"[0-9a-fA-F]{8,}")
@@ -100,6 +115,10 @@ class ImportReport:
     :param ignored: entries of the source that are not key records, such
         as ``hashes/``; folders end with a slash.
     :param current_index: the index of the key that became current.
+    :param next_index: the index the next rotation gives its key: above
+        every index the source claims, so none is used twice.
+    :param retired_skipped: the skipped files whose keys were retired, so
+        that the store never makes them again.
     """
 
     imported: list[int]
@@ -108,6 +127,8 @@ class ImportReport:
     doubtful: list[tuple[int, str]]
     ignored: list[str]
     current_index: int
+    next_index: int
+    retired_skipped: list[str]
 
     @property
     def retained(self) -> list[int]:
@@ -129,6 +150,9 @@ class _Candidate:
     name_index: int | None
     document: dict[str, Any] | None = None
     problem: str | None = None
+    # what the file claims however it is judged (see _claims)
+    claimed_indexes: set[int] = dataclasses.field(default_factory=set)
+    fingerprints: set[str] = dataclasses.field(default_factory=set)
 
     @property
     def index(self) -> int | None:
@@ -174,6 +198,11 @@ class ImportPlan:
     :param skipped: (file name, reason), in the order of the source.
     :param doubtful: (index, reason) for trusted records worth a look.
     :param ignored: entries of the source that are not key records.
+    :param next_index: one above every index the source claims,
+        imported or skipped.
+    :param retired_fingerprints: the fingerprints of the skipped keys
+        that are not imported; the store retires them.
+    :param retired_skipped: the skipped files those keys came from.
     """
 
     source: Path
@@ -181,6 +210,9 @@ class ImportPlan:
     skipped: list[tuple[str, str]]
     doubtful: list[tuple[int, str]]
     ignored: list[str]
+    next_index: int
+    retired_fingerprints: frozenset[str]
+    retired_skipped: list[str]
 
     @property
     def indexes(self) -> list[int]:
@@ -249,16 +281,34 @@ def read_source(
     :raises StoreError: the source is not a key directory or cannot be
         listed.
     """
-    history, current, skipped, ignored = _scan(source)
+    scan = _scan(source)
     judge = _Judge(now, validate)
-    judge.run(history, current)
-    judge.skipped.extend(skipped)
+    judge.run(scan.history, scan.current)
+    judge.skipped.extend(scan.skipped)
+    records = [judge.trusted[index] for index in sorted(judge.trusted)]
+
+    # what the source claims, imported or not, is never used again
+    claimed = set(scan.claimed_indexes)
+    claimed.update(record.index for record in records)
+    imported = {record.material.fingerprint for record in records}
+    retired: set[str] = set()
+    retired_skipped = []
+    for candidate in scan.candidates():
+        claimed |= candidate.claimed_indexes
+        left_out = candidate.fingerprints - imported
+        if left_out:
+            retired |= left_out
+            retired_skipped.append(candidate.name)
+
     return ImportPlan(
         source=source,
-        records=[judge.trusted[index] for index in sorted(judge.trusted)],
+        records=records,
         skipped=sorted(judge.skipped, key=_skipped_order),
         doubtful=sorted(judge.doubtful),
-        ignored=sorted(ignored),
+        ignored=sorted(scan.ignored),
+        next_index=max(claimed, default=-1) + 1,
+        retired_fingerprints=frozenset(retired),
+        retired_skipped=sorted(retired_skipped, key=_name_order),
     )
 
 
@@ -266,7 +316,9 @@ def write_plan(plan: ImportPlan, store: KeyStore) -> ImportReport:
     """Write a judged source into an empty key store as one new chain.
 
     The records are written under the store lock, the newest
-    ``store.max_history`` in history/ and the rest in archive/. Each
+    ``store.max_history`` in history/ and the rest in archive/. The
+    store's next index is the plan's, and the skipped keys' fingerprints
+    are retired with those of the archived keys. Each
     skipped record is logged as a warning, each doubtful one at info, to
     the security log.
 
@@ -285,7 +337,8 @@ def write_plan(plan: ImportPlan, store: KeyStore) -> ImportReport:
         _require_empty(store)
         store.write_chain(
             [record.entry() for record in retained],
-            next_index=trusted[-1].index + 1,
+            next_index=plan.next_index,
+            retired_fingerprints=plan.retired_fingerprints,
             archived=[record.entry() for record in archived],
         )
 
@@ -296,15 +349,22 @@ def write_plan(plan: ImportPlan, store: KeyStore) -> ImportReport:
         doubtful=list(plan.doubtful),
         ignored=list(plan.ignored),
         current_index=trusted[-1].index,
+        next_index=plan.next_index,
+        retired_skipped=list(plan.retired_skipped),
     )
     for index, reason in report.doubtful:
         security_log.info("import: key %d is doubtful: %s", index, reason)
+    for name in report.retired_skipped:
+        security_log.info(
+            "import: retired the key of skipped %s: it is never made "
+            "again", name,
+        )
     security_log.info(
         "imported %s into %s: imported %d (retained %d, archived %d), "
-        "skipped %d, doubtful %d, current index %d",
+        "skipped %d, doubtful %d, current index %d, next index %d",
         plan.source, store.root, len(report.imported), len(retained),
         len(archived), len(report.skipped), len(report.doubtful),
-        report.current_index,
+        report.current_index, report.next_index,
     )
     return report
 
@@ -334,12 +394,25 @@ def _not_empty(root: Path) -> StoreError:
     )
 
 
-def _scan(
-    source: Path,
-) -> tuple[
-    dict[int, _Candidate], _Candidate | None, list[tuple[str, str]],
-    list[str],
-]:
+@dataclasses.dataclass
+class _Scan:
+    """The files of a source, read but not judged yet."""
+
+    history: dict[int, _Candidate]
+    current: _Candidate | None
+    skipped: list[tuple[str, str]]
+    ignored: list[str]
+    # the N of folders named key-N.json, which are never read
+    claimed_indexes: set[int]
+
+    def candidates(self) -> list[_Candidate]:
+        found = list(self.history.values())
+        if self.current is not None:
+            found.append(self.current)
+        return found
+
+
+def _scan(source: Path) -> _Scan:
     """Read every file named like a record; sort out everything else."""
     if not source.is_dir():
         raise StoreError(
@@ -359,33 +432,41 @@ def _scan(
             "key directory"
         )
 
-    skipped: list[tuple[str, str]] = []
-    ignored: list[str] = []
+    scan = _Scan({}, None, [], [], set())
     for entry in _entries(source):
         if entry.name in (HISTORY_NAME, CURRENT_NAME):
             continue
-        ignored.append(entry.name + "/" if entry.is_dir() else entry.name)
+        scan.ignored.append(
+            entry.name + "/" if entry.is_dir() else entry.name
+        )
 
-    history: dict[int, _Candidate] = {}
     if history_dir.is_dir():
         for entry in _entries(history_dir):
             name = f"{HISTORY_NAME}/{entry.name}"
-            if entry.is_dir():
-                skipped.append((name + "/", "a folder, not a key record"))
-                continue
             match = RECORD_NAME.fullmatch(entry.name)
-            if match is None:
-                skipped.append((name, "not a key record name (key-N.json)"))
-                continue
-            index = int(match.group(1))
-            history[index] = _read_candidate(Path(entry.path), name, index)
+            index = None if match is None else int(match.group(1))
+            if entry.is_dir():
+                scan.skipped.append(
+                    (name + "/", "a folder, not a key record")
+                )
+                if index is not None and index <= MAX_SAFE_INDEX:
+                    scan.claimed_indexes.add(index)
+            elif index is None:
+                scan.skipped.append(
+                    (name, "not a key record name (key-N.json)")
+                )
+            else:
+                scan.history[index] = _read_candidate(
+                    Path(entry.path), name, index
+                )
 
-    current = None
     if current_path.is_dir():
-        skipped.append((CURRENT_NAME + "/", "a folder, not a key record"))
+        scan.skipped.append(
+            (CURRENT_NAME + "/", "a folder, not a key record")
+        )
     elif current_path.exists():
-        current = _read_candidate(current_path, CURRENT_NAME, None)
-    return history, current, skipped, ignored
+        scan.current = _read_candidate(current_path, CURRENT_NAME, None)
+    return scan
 
 
 def _entries(directory: Path) -> list[os.DirEntry[str]]:
@@ -403,19 +484,32 @@ def _read_candidate(
     path: Path, name: str, name_index: int | None
 ) -> _Candidate:
     candidate = _Candidate(name, name_index)
+    if name_index is not None and name_index <= MAX_SAFE_INDEX:
+        candidate.claimed_indexes.add(name_index)
     try:
-        candidate.document = _parse(_read(path))
+        data = _read(path)
+        fields = _loose_fields(data)
+        candidate.claimed_indexes |= _claimed_indexes(fields)
+        candidate.fingerprints = _claimed_fingerprints(fields)
+        candidate.document = _parse(data)
     except _Rejected as exc:
         candidate.problem = str(exc)
     return candidate
 
 
 def _read(path: Path) -> bytes:
+    """Read a regular file of at most :data:`MAX_RECORD_SIZE` bytes.
+
+    Anything else is rejected without a blocking open: a named pipe
+    would wait for a writer forever, and opening a device may act on it.
+    """
     try:
-        with open(path, "rb") as stream:
+        status = os.stat(path)
+        _require_regular(status.st_mode)
+        with open(path, "rb", opener=_open_nonblocking) as stream:
+            # the path may have been replaced since it was looked at
             status = os.fstat(stream.fileno())
-            if not _is_regular(status.st_mode):
-                raise _Rejected("not a regular file")
+            _require_regular(status.st_mode)
             if status.st_size > MAX_RECORD_SIZE:
                 raise _Rejected(
                     f"{status.st_size} bytes, too large for a key record "
@@ -429,8 +523,65 @@ def _read(path: Path) -> bytes:
         ) from None
 
 
-def _is_regular(mode: int) -> bool:
-    return (mode & 0o170000) == 0o100000
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY)
+
+
+def _require_regular(mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISFIFO(mode):
+        raise _Rejected("a named pipe (FIFO), not a key record")
+    if stat.S_ISSOCK(mode):
+        raise _Rejected("a socket, not a key record")
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        raise _Rejected("a device, not a key record")
+    raise _Rejected("not a regular file")
+
+
+class _Fields(list[tuple[str, Any]]):
+    """The fields of one JSON object in file order, repeats included."""
+
+
+def _loose_fields(data: bytes) -> _Fields:
+    """Return the fields of a file's JSON object, however bad they are."""
+    try:
+        fields = json.loads(data, object_pairs_hook=_Fields)
+    except (ValueError, RecursionError):
+        return _Fields()
+    return fields if isinstance(fields, _Fields) else _Fields()
+
+
+def _claimed_indexes(fields: _Fields) -> set[int]:
+    """Return every "index" of a file that could be a key's index.
+
+    Read loosely, so that a skipped record still counts: each JSON
+    integer from 0 to :data:`MAX_SAFE_INDEX`, repeated fields included.
+    """
+    return {
+        value for name, value in fields
+        if name == "index" and type(value) is int
+        and 0 <= value <= MAX_SAFE_INDEX
+    }
+
+
+def _claimed_fingerprints(fields: _Fields) -> set[str]:
+    """Return the fingerprints of the keys a file holds, read loosely.
+
+    A key counts when it is hex, in either case, of a length its record
+    states, whatever else is wrong with the record.
+    """
+    lengths = {
+        value for name, value in fields
+        if name == "length" and type(value) is int and value > 0
+    }
+    return {
+        KeyMaterial.from_hex(value.lower()).fingerprint
+        for name, value in fields
+        if name == "key" and type(value) is str
+        and len(value) % 2 == 0 and len(value) // 2 in lengths
+        and _ANY_HEX.fullmatch(value)
+    }
 
 
 def _parse(data: bytes) -> dict[str, Any]:
@@ -445,6 +596,8 @@ def _parse(data: bytes) -> dict[str, Any]:
         raise
     except ValueError:
         raise _Rejected("not valid JSON") from None
+    except RecursionError:
+        raise _Rejected("nested too deeply for a key record") from None
     if not isinstance(document, dict):
         raise _Rejected("not a JSON object")
     problem = field_problem(document, DOCUMENTED_FIELDS)
@@ -589,7 +742,9 @@ class _Judge:
             raise _Rejected(
                 f"dated {ahead // 1000} s in the future, beyond the "
                 f"{CLOCK_SKEW_ALLOWANCE_MS // 1000} s allowed for clock "
-                "skew"
+                "skew: check the clock of the machine that made it, and "
+                "of this one; imported, a key dated in the future would "
+                "stop rotation"
             )
 
         material = self._material(text, length)
@@ -894,7 +1049,11 @@ def _shown(text: str) -> str:
 
 
 def _skipped_order(item: tuple[str, str]) -> tuple[int, int, str]:
-    name = item[0]
+    return _name_order(item[0])
+
+
+def _name_order(name: str) -> tuple[int, int, str]:
+    """Order names of the source: history/ by index, then current.json."""
     if name.startswith(f"{HISTORY_NAME}/"):
         match = RECORD_NAME.fullmatch(name[len(HISTORY_NAME) + 1:])
         if match:

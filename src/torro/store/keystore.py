@@ -82,6 +82,8 @@ class Restored:
     :param lost: keys with no intact copy left: index, checksum and
         fingerprint (when known) of each.
     :param set_aside: indexes of record files moved to archive/.
+    :param archive_set_aside: indexes of damaged archived records moved
+        aside within archive/.
     :param changed: False when the store needed nothing.
     """
 
@@ -89,6 +91,7 @@ class Restored:
     rewritten: list[str]
     lost: dict[int, dict[str, Any]]
     set_aside: list[int]
+    archive_set_aside: list[int] = dataclasses.field(default_factory=list)
     changed: bool = True
 
 
@@ -231,17 +234,9 @@ class KeyStore:
         jumped back, must not be rotated away before its time: rotation
         waits until the clock catches up.
         """
-        if self.current is None:
-            return None
-        now = self.clock() if now is None else now
-        ahead = self.current.timestamp - now
-        if ahead > CLOCK_SKEW_ALLOWANCE_MS:
-            return (
-                f"the current key (index {self.current.index}) is dated "
-                f"{ahead // 1000} s in the future: the clock is behind; "
-                "rotation waits until it catches up"
-            )
-        return None
+        return _clock_problem(
+            self.current, self.clock() if now is None else now
+        )
 
     def current_material(self) -> KeyMaterial:
         """Return the current key's material (opened once, then cached)."""
@@ -319,7 +314,7 @@ class KeyStore:
                 ))
         problems.extend(self._check_archive())
         problems.extend(self._check_backup())
-        clock_problem = self.clock_problem()
+        clock_problem = _clock_problem(found.current, self.clock())
         if clock_problem is not None and not found.problems:
             problems.append(IntegrityError(
                 str(self.current_path), clock_problem,
@@ -328,8 +323,17 @@ class KeyStore:
         return problems
 
     def _check_archive(self) -> list[IntegrityError]:
-        """Check every archived record: checksum, seal and chain."""
+        """Check every archived record: checksum, seal, and each link
+        between consecutive indexes (an imported chain has gaps)."""
         problems = []
+        for index, record, problem in self._archived_records():
+            if problem is not None:
+                problems.append(problem)
+        return problems
+
+    def _archived_records(
+        self,
+    ) -> Iterator[tuple[int, KeyRecord | None, IntegrityError | None]]:
         previous: KeyRecord | None = None
         paths = self.layout.record_files(self.archive_dir)
         for index in sorted(paths):
@@ -341,19 +345,19 @@ class KeyStore:
                 record = self._reader.parse(path, data, index)
                 self._reader.verify_record(path, record)
                 self._reader.open_record(path, record)
-                if previous is not None \
-                        and record.previous_checksum != previous.checksum:
-                    raise IntegrityError(
-                        path,
-                        f"does not chain to key-{previous.index}.json (an "
-                        "archived record was removed or replaced)",
-                    )
             except IntegrityError as exc:
-                # The next record is checked against the last good one.
-                problems.append(exc)
+                previous = None
+                yield index, None, exc
                 continue
+            linked = previous is None or previous.index != index - 1 \
+                or record.previous_checksum == previous.checksum
             previous = record
-        return problems
+            yield index, record, None if linked else IntegrityError(
+                path,
+                f"does not chain to key-{index - 1}.json (an archived "
+                "record was replaced)",
+                "run torro keys restore",
+            )
 
     # -- writing -------------------------------------------------------
 
@@ -581,8 +585,13 @@ class KeyStore:
         :raises StoreError: when nothing opens under the master key.
         """
         self._require_lock()
+        archive_set_aside = self._set_aside_damaged_archive()
         if self.problem is None and self.current is not None:
-            return Restored(self.current, [], {}, [], changed=False)
+            return Restored(
+                self.current, [], {}, [],
+                archive_set_aside=archive_set_aside,
+                changed=bool(archive_set_aside),
+            )
         plan = plan_restore(
             self._intact_records(),
             self._intact_spares(),
@@ -629,7 +638,10 @@ class KeyStore:
         self.recover()
         if self.problem is not None:
             raise self.problem
-        return Restored(current, rewritten, plan.lost, set_aside)
+        return Restored(
+            current, rewritten, plan.lost, set_aside,
+            archive_set_aside=archive_set_aside,
+        )
 
     def _tighten_modes(self) -> None:
         """Make the store's directories 0700 again if someone opened them.
@@ -688,20 +700,38 @@ class KeyStore:
             return None
         return record
 
-    def _set_aside(self, indexes: Iterable[int]) -> list[int]:
-        """Move record files out of the store's way, into archive/."""
+    def _set_aside(
+        self, indexes: Iterable[int], directory: Path | None = None
+    ) -> list[int]:
+        """Move record files out of the store's way, into archive/.
+
+        :param directory: where the records are, history/ by default.
+        """
+        directory = directory or self.history_dir
         moved = []
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         for index in sorted(indexes):
             if not moved:
                 files.ensure_directory(self.archive_dir)
-            path = self.layout.record_path(index)
+            path = directory / f"key-{index}.json"
             target = self.archive_dir / f"set-aside-{stamp}-{path.name}"
             os.replace(path, target)
             moved.append(index)
         if moved:
             files.sync_directory(self.archive_dir)
         return moved
+
+    def _set_aside_damaged_archive(self) -> list[int]:
+        damaged = [
+            index for index, _, problem in self._archived_records()
+            if problem is not None
+        ]
+        if damaged:
+            security_log.warning(
+                "set aside damaged archived keys %s in %s", damaged,
+                self.archive_dir,
+            )
+        return self._set_aside(damaged, self.archive_dir)
 
     def write_chain(
         self,
@@ -726,6 +756,16 @@ class KeyStore:
         self._require_lock()
         if not entries:
             raise StoreError("a new chain needs at least one key")
+        foreign = self.layout.foreign_entries()
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if foreign[3:] else "")
+            raise StoreError(
+                f"{self.root} holds files that are not the key store's "
+                f"({shown}): a reset or an import replaces the whole "
+                "directory, so it must hold the key store alone; move them "
+                "away, or point KEY_STORAGE_PATH at a directory of its own "
+                "(nothing was changed)"
+            )
         staging = self.layout.staging_path(self.root)
         history_staging = None
         if self.layout.external_history:
@@ -945,21 +985,39 @@ class KeyStore:
         system_log.info("refreshed the backup in %s", self.backup_dir)
 
     def _check_backup(self) -> list[IntegrityError]:
+        """Check the backup copies: present, and intact when they differ.
+
+        A copy one rotation behind is no problem (the next start or
+        rotation writes it again); a damaged or missing one is.
+        """
         problems = []
         for original in (self.current_path, self.history_path):
             name = original.name
-            backup = files.read_file(self.backup_dir / name)
+            path = self.backup_dir / name
+            backup = files.read_file(path)
             if backup is None:
                 problems.append(IntegrityError(
-                    self._backup_path(name), "missing",
+                    str(path), "missing",
                     "the next rotation or start writes it again",
                 ))
-            elif backup != files.read_file(original):
+            elif backup != files.read_file(original) \
+                    and not self._intact_copy(path, backup):
                 problems.append(IntegrityError(
-                    self._backup_path(name), f"differs from {name}",
-                    "the next start of the daemon writes it again",
+                    str(path), "damaged",
+                    "the next rotation or start writes it again",
                 ))
         return problems
+
+    def _intact_copy(self, path: Path, data: bytes) -> bool:
+        try:
+            if path.name == "history.json":
+                self._reader.parse_history(str(path), data)
+            else:
+                record = self._reader.parse(str(path), data, None)
+                self._reader.verify_record(str(path), record)
+        except IntegrityError:
+            return False
+        return True
 
     def _complete_swaps(self) -> None:
         # A store is swapped in by renaming it over from its staging name;
@@ -982,6 +1040,19 @@ class KeyStore:
                     "removed %s, left by an interrupted reset or import",
                     staging,
                 )
+
+
+def _clock_problem(current: KeyRecord | None, now: int) -> str | None:
+    if current is None:
+        return None
+    ahead = current.timestamp - now
+    if ahead <= CLOCK_SKEW_ALLOWANCE_MS:
+        return None
+    return (
+        f"the current key (index {current.index}) is dated "
+        f"{ahead // 1000} s in the future: the clock is behind; rotation "
+        "waits until it catches up"
+    )
 
 
 def _finish_swap(staging: Path, target: Path) -> None:

@@ -65,6 +65,29 @@ class StoreLayout:
                 found[int(match.group(1))] = directory / name
         return found
 
+    def foreign_entries(self) -> list[str]:
+        """Return what the store's directories hold that is not the store's.
+
+        A reset or an import replaces the whole directory, so it must not
+        hold anything else (a store at ``.`` would take the working
+        directory with it).
+        """
+        ours = {".lock", "current.json", "history.json", "backup", "archive"}
+        if not self.external_history:
+            ours.add(self.history_dir.name)
+        foreign = [
+            str(self.root / name) for name in _names(self.root)
+            if name not in ours and not _is_temporary(name)
+        ]
+        if self.history_dir.is_dir():
+            foreign += [
+                str(self.history_dir / name)
+                for name in _names(self.history_dir)
+                if not RECORD_NAME.fullmatch(name)
+                and not _is_temporary(name)
+            ]
+        return sorted(foreign)
+
     def has_backup(self) -> bool:
         return (self.backup_dir / "current.json").exists()
 
@@ -73,17 +96,37 @@ class StoreLayout:
         return directory.with_name(directory.name + ".staging")
 
     def is_empty(self) -> bool:
-        """Tell whether the store holds nothing of a key ring yet."""
+        """Tell whether the store holds nothing of a key ring yet.
+
+        A staging directory counts only where the directory it replaces
+        is missing: that is a complete store waiting to be renamed into
+        place, as the next writer does. Beside an existing directory it
+        is an incomplete build, which the next writer removes.
+        """
+        for target in (self.root, self.history_dir):
+            if not target.exists() and self.staging_path(target).is_dir():
+                return False
         names = (self.current_path, self.history_path,
                  self.backup_dir / "current.json",
-                 self.backup_dir / "history.json",
-                 self.staging_path(self.root))
+                 self.backup_dir / "history.json")
         if any(path.exists() for path in names):
             return False
         try:
             return not self.record_files()
         except StoreError:
             return False
+
+
+def _names(directory: Path) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return []
+
+
+def _is_temporary(name: str) -> bool:
+    # files.write_file's temporary names: .<name>.<random>.tmp
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 def store_is_empty(root: Path, history_dir: Path | None = None) -> bool:

@@ -131,7 +131,7 @@ class StoreReader:
                         path,
                         f"sealed under another master key (id "
                         f"{record.master_key_id})",
-                        "run torro keys verify",
+                        "run torro keys restore",
                     )
                 # A record's own checksum is always verified: any record may
                 # become current by adoption.
@@ -237,7 +237,7 @@ class StoreReader:
                 found.problems.append(IntegrityError(
                     str(self.layout.history_dir / record.file_name),
                     "not listed in history.json",
-                    "run torro keys verify",
+                    "run torro keys restore",
                 ))
         older = None
         if newer:
@@ -261,7 +261,7 @@ class StoreReader:
             found.problems.append(IntegrityError(
                 str(self.layout.history_dir / f"key-{index}.json"),
                 "missing; history.json lists it",
-                "run torro keys restore, or torro keys verify",
+                "run torro keys restore",
             ))
         for index, checksum in sorted(listed.items()):
             record = records.get(index)
@@ -271,7 +271,7 @@ class StoreReader:
                     str(self.layout.history_dir / record.file_name),
                     "is not the record history.json lists (replaced or "
                     "replayed)",
-                    "run torro keys verify",
+                    "run torro keys restore",
                 ))
 
         newest = found.pending or records.get(head)
@@ -328,14 +328,14 @@ class StoreReader:
         except RecordError as exc:
             raise IntegrityError(
                 str(path), f"not a key record: {exc}",
-                "run torro keys verify, then torro keys restore",
+                "run torro keys restore",
             ) from None
         if index is not None and record.index != index:
             raise IntegrityError(
                 str(path),
                 f"holds key {record.index}, not key {index} (records were "
                 "swapped or renamed)",
-                "run torro keys verify",
+                "run torro keys restore",
             )
         if record.state is not KeyState.ACTIVE:
             raise IntegrityError(
@@ -358,7 +358,7 @@ class StoreReader:
         ):
             raise IntegrityError(
                 str(path), "checksum does not match (the record was edited)",
-                "run torro keys verify, then torro keys restore",
+                "run torro keys restore",
             )
 
     def open_record(
@@ -370,7 +370,7 @@ class StoreReader:
                 material = self.sealer.open(record.index, record.key_text)
             except InvalidSeal as exc:
                 raise IntegrityError(
-                    str(path), str(exc), "run torro keys verify"
+                    str(path), str(exc), "run torro keys restore"
                 ) from None
         else:
             try:
@@ -378,7 +378,7 @@ class StoreReader:
             except ValueError:
                 raise IntegrityError(
                     str(path), "key is not lowercase hex",
-                    "run torro keys verify",
+                    "run torro keys restore",
                 ) from None
         if len(material) != record.length:
             raise IntegrityError(
@@ -393,7 +393,7 @@ class StoreReader:
         def bad(reason: str) -> IntegrityError:
             return IntegrityError(
                 str(path), reason,
-                "run torro keys verify, then torro keys restore",
+                "run torro keys restore",
             )
 
         try:
@@ -475,11 +475,11 @@ def _check_link(
             path,
             f"does not chain to key-{previous.index}.json (a record "
             "between them was removed, or one was replaced)",
-            "run torro keys verify",
+            "run torro keys restore",
         )
     if record.timestamp < previous.timestamp:
         raise IntegrityError(
             path,
             f"is dated before key-{previous.index}.json",
-            "run torro keys verify",
+            "run torro keys restore",
         )
