@@ -1260,3 +1260,30 @@ def test_store_directories_opened_to_others_are_made_private_again(
 
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
     assert stat.S_IMODE((root / "history").stat().st_mode) == 0o700
+
+
+def test_reset_refuses_a_directory_holding_other_files(
+    master: MasterKey, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Found by a user: with KEY_STORAGE_PATH=. a reset --purge destroyed
+    .env, a database and a nested store."""
+    root = tmp_path / "work"
+    store = open_store(root, master, clock)
+    rotate(store, clock, 2)
+    (root / "licenses.db").write_text("precious")
+    (root / "logs").mkdir()
+    before = snapshot(root)
+    daemon = KeyRotationDaemon(store, POLICY, clock=clock)
+
+    with pytest.raises(StoreError) as caught:
+        daemon.reset(purge=True)
+
+    assert str(caught.value) == (
+        f"{root} holds files that are not the key store's ({root}/"
+        f"licenses.db, {root}/logs): a reset or an import replaces the "
+        "whole directory, so it must hold the key store alone; move them "
+        "away, or point KEY_STORAGE_PATH at a directory of its own "
+        "(nothing was changed)"
+    )
+    assert snapshot(root) == before
+    assert (root / "licenses.db").read_text() == "precious"
