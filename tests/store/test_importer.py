@@ -654,13 +654,12 @@ def test_device_skipped_without_opening_it(
     source = write_source(tmp_path / "node", baseline())
     (source / "history" / "key-2.json").symlink_to("/dev/null")
     opened = []
-    real_open = os.open
 
-    def record_open(path: Any, *args: Any, **kwargs: Any) -> int:
+    def record_open(path: Any, *args: Any, **kwargs: Any) -> Any:
         opened.append(str(path))
-        return real_open(path, *args, **kwargs)
+        return open(path, *args, **kwargs)
 
-    monkeypatch.setattr(os, "open", record_open)
+    monkeypatch.setattr(importer, "open", record_open, raising=False)
     plan = read_source(source, now=NOW)
 
     assert plan.skipped == [

@@ -150,7 +150,7 @@ class _Candidate:
     name_index: int | None
     document: dict[str, Any] | None = None
     problem: str | None = None
-    # what the file claims however it is judged (see _claims)
+    # what the file claims however it is judged (see _loose_fields)
     claimed_indexes: set[int] = dataclasses.field(default_factory=set)
     fingerprints: set[str] = dataclasses.field(default_factory=set)
 
