@@ -325,12 +325,21 @@ def keys_import(source: Path) -> None:
         click.echo(f"doubtful key {index}: {reason}")
     for name in report.ignored:
         click.echo(f"ignored {name}: not key records")
+    for name in report.retired_skipped:
+        click.echo(f"retired the key of skipped {name}: it is never made "
+                   "again")
     retained = len(report.imported) - len(report.archived)
+    next_index = ""
+    if report.next_index != report.current_index + 1:
+        next_index = (
+            f"; next index {report.next_index}, above every index the "
+            "source claims"
+        )
     click.echo(
         f"imported {len(report.imported)} keys: {retained} retained, "
         f"{len(report.archived)} beyond KEY_DAEMON_MAX_HISTORY="
         f"{settings.max_history} archived in {store.archive_dir}; "
-        f"current key {report.current_index}"
+        f"current key {report.current_index}{next_index}"
     )
 
 

@@ -770,9 +770,17 @@ class KeyStore:
         history_staging = None
         if self.layout.external_history:
             history_staging = self.layout.staging_path(self.history_dir)
+        if history_staging is not None:
+            # Made before anything is staged, so that a build cut short
+            # is never taken for a finished one (see _complete_swaps).
+            files.ensure_directory(self.history_dir)
         for path in (staging, history_staging):
-            if path is not None and path.exists():
-                shutil.rmtree(path)
+            if path is None or not os.path.lexists(path):
+                continue
+            if path.is_dir():
+                _destroy_tree(path)
+            else:
+                path.unlink()
         builder = KeyStore(
             staging,
             self.sealer,
@@ -789,8 +797,6 @@ class KeyStore:
             f"{self.root.name}.replaced-{int(time.time())}"
         )
         if history_staging is not None:
-            # an empty store may have no history directory yet
-            files.ensure_directory(self.history_dir)
             os.rename(self.history_dir, old.with_name(old.name + "-history"))
             _finish_swap(history_staging, self.history_dir)
         os.rename(self.root, old)
