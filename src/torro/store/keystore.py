@@ -875,10 +875,6 @@ class KeyStore:
 
     # -- internals -----------------------------------------------------
 
-    @property
-    def _external_history(self) -> bool:
-        return self.history_dir.parent != self.root
-
     def _require_lock(self) -> None:
         if not self._lock.held:
             raise RuntimeError("the store lock must be held to write")
@@ -961,9 +957,6 @@ class KeyStore:
         files.sync_directory(self.root)
         found.pending = None
         found.stale_current = found.stale_history = False
-
-    def _backup_path(self, name: str) -> str:
-        return str(self.backup_dir / name)
 
     def _write_backup(
         self, current: bytes, history: bytes, *, durable: bool
