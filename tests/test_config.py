@@ -98,6 +98,15 @@ def test_variable_names_in_documentation_order() -> None:
         "KEY_DAEMON_ENCRYPTION",
         "KEY_DAEMON_MASTER_KEY",
         "KEY_DAEMON_MASTER_KEY_FILE",
+        "KEY_DAEMON_API",
+        "KEY_DAEMON_HOST",
+        "KEY_DAEMON_PORT",
+        "KEY_DAEMON_TLS_CERT",
+        "KEY_DAEMON_TLS_KEY",
+        "KEY_DAEMON_ADMIN_TOKENS",
+        "KEY_DAEMON_READ_TOKENS",
+        "KEY_DAEMON_ADMIN_TOKEN_FILE",
+        "KEY_DAEMON_RATE_LIMIT",
     ]
 
 
@@ -660,13 +669,13 @@ def test_unknown_variables_ignored(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".env").write_text(
-        "KEY_DAEMON_ADMIN_TOKENS=abc,def\nSOMETHING_ELSE=1\n"
+        "KEY_DAEMON_FUTURE_SETTING=abc,def\nSOMETHING_ELSE=1\n"
     )
 
     settings = load_settings(
         {
-            "KEY_DAEMON_API": "true",
-            "KEY_DAEMON_PORT": "not a port",
+            "KEY_DAEMON_NOT_YET": "true",
+            "KEY_DAEMON_COLOUR": "not a colour",
             "PATH": "/usr/bin",
         }
     )
@@ -914,3 +923,63 @@ def test_boolean_property(text: str) -> None:
     else:
         assert settings.integrity_check is (word in {"true", "yes", "1"})
         assert word in {"true", "false", "yes", "no", "1", "0"}
+
+
+# the HTTP API's settings
+
+
+def test_api_settings_defaults() -> None:
+    settings = load()
+
+    assert (settings.api_enabled, settings.host, settings.port) == (
+        True, "127.0.0.1", 3001,
+    )
+    assert settings.tls_cert is None and settings.tls_key is None
+    assert settings.admin_tokens is None and settings.read_tokens is None
+    assert settings.rate_limit == 60
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"KEY_DAEMON_PORT": "70000"},
+         "KEY_DAEMON_PORT=70000 is out of range: use a port number from 1 "
+         "to 65535, or 0 for any"),
+        ({"KEY_DAEMON_HOST": "a b"},
+         "KEY_DAEMON_HOST='a b' is not a host to listen on: use an address "
+         "such as 127.0.0.1 or 0.0.0.0"),
+        ({"KEY_DAEMON_TLS_CERT": "cert.pem"},
+         "KEY_DAEMON_TLS_CERT and KEY_DAEMON_TLS_KEY go together: set both "
+         "for HTTPS, or neither for plain HTTP"),
+        ({"KEY_DAEMON_RATE_LIMIT": "0"},
+         "KEY_DAEMON_RATE_LIMIT=0 is out of range: use a whole number of "
+         "requests per minute from 1 to 1000000"),
+        ({"KEY_DAEMON_API": "maybe"},
+         "KEY_DAEMON_API=maybe is not a boolean: use true, false, yes, no, "
+         "1 or 0"),
+    ],
+)
+def test_bad_api_settings_are_one_line(
+    environ: dict[str, str], message: str
+) -> None:
+    assert str(rejection(**environ)) == message
+
+
+def test_short_token_is_refused_without_showing_it() -> None:
+    error = rejection(KEY_DAEMON_ADMIN_TOKENS="long-enough-token-1,short")
+
+    assert str(error) == (
+        "KEY_DAEMON_ADMIN_TOKENS holds a token shorter than 16 characters "
+        "or with spaces: use long random tokens (torro admin-token create)"
+    )
+
+
+def test_tokens_are_redacted_in_describe() -> None:
+    token = "x" * 32
+    described = load(
+        KEY_DAEMON_ADMIN_TOKENS=token, KEY_DAEMON_READ_TOKENS=token
+    ).describe()
+
+    assert described["KEY_DAEMON_ADMIN_TOKENS"] == "(set, redacted)"
+    assert described["KEY_DAEMON_READ_TOKENS"] == "(set, redacted)"
+    assert token not in str(described)

@@ -87,6 +87,12 @@ _WHOLE_NUMBER_RULES: dict[str, tuple[int, int | None, str]] = {
         f"use a whole number of rounds from 1000 to {MAX_DERIVATION_ROUNDS}",
     ),
     "max_history": (1, None, "use a whole number of keys, 1 or more"),
+    "port": (0, 65535, "use a port number from 1 to 65535, or 0 for any"),
+    "rate_limit": (
+        1,
+        1_000_000,
+        "use a whole number of requests per minute from 1 to 1000000",
+    ),
 }
 
 _PATH_KINDS = {
@@ -95,11 +101,17 @@ _PATH_KINDS = {
     "log_dir": "a directory",
     "pid_file": "a file",
     "master_key_file": "a file",
+    "tls_cert": "a file",
+    "tls_key": "a file",
+    "admin_token_file": "a file",
 }
 
 # Directories whose name the key store builds sibling paths from
 # (<name>.staging, <name>.archive-..., <name>.master-key).
 _STORE_DIRECTORIES = ("storage_path", "history_path")
+
+# Settings whose values are secrets: never shown, never in a message.
+_SECRETS = frozenset({"master_key", "admin_tokens", "read_tokens"})
 
 # Longest part of a bad value repeated in an error message.
 _SHOWN_VALUE_LIMIT = 64
@@ -175,6 +187,29 @@ class Settings(BaseSettings):
         None,
         validation_alias=MASTER_KEY_FILE_VARIABLE,
     )
+    # The HTTP API, served by the daemon beside the rotation loop.
+    api_enabled: bool = Field(True, validation_alias="KEY_DAEMON_API")
+    host: str = Field("127.0.0.1", validation_alias="KEY_DAEMON_HOST")
+    # 0 lets the system pick a free port (the daemon logs which).
+    port: int = Field(3001, validation_alias="KEY_DAEMON_PORT")
+    tls_cert: Path | None = Field(None, validation_alias="KEY_DAEMON_TLS_CERT")
+    tls_key: Path | None = Field(None, validation_alias="KEY_DAEMON_TLS_KEY")
+    # Comma-separated bearer tokens: full access, and read-only access.
+    admin_tokens: SecretStr | None = Field(
+        None,
+        validation_alias="KEY_DAEMON_ADMIN_TOKENS",
+    )
+    read_tokens: SecretStr | None = Field(
+        None,
+        validation_alias="KEY_DAEMON_READ_TOKENS",
+    )
+    # Hashes of tokens made by `torro admin-token create`.
+    admin_token_file: Path | None = Field(
+        None,
+        validation_alias="KEY_DAEMON_ADMIN_TOKEN_FILE",
+    )
+    # Requests per minute from one client address to a public endpoint.
+    rate_limit: int = Field(60, validation_alias="KEY_DAEMON_RATE_LIMIT")
 
     @classmethod
     def settings_customise_sources(
@@ -209,6 +244,7 @@ class Settings(BaseSettings):
         "validation_enabled",
         "integrity_check",
         "encryption",
+        "api_enabled",
         mode="before",
     )
     @classmethod
@@ -269,6 +305,40 @@ class Settings(BaseSettings):
             path = _named_directory(path)
         return path
 
+    @field_validator("host", mode="before")
+    @classmethod
+    def _check_host(cls, value: Any) -> str:
+        """Accept a host name or address to listen on."""
+        if isinstance(value, str) and value.strip() \
+                and not any(c.isspace() or c in "/@" for c in value.strip()):
+            return value.strip()
+        raise ValueError(
+            "is not a host to listen on: use an address such as 127.0.0.1 "
+            "or 0.0.0.0"
+        )
+
+    @field_validator("admin_tokens", "read_tokens", mode="before")
+    @classmethod
+    def _check_tokens(cls, value: Any) -> SecretStr | None:
+        """Accept comma-separated tokens of 16 characters or more."""
+        if value is None:
+            return None
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if not isinstance(value, str):
+            raise ValueError("is not text: use comma-separated tokens")
+        tokens = [token.strip() for token in value.split(",")]
+        tokens = [token for token in tokens if token]
+        if not tokens:
+            return None
+        if any(len(token) < 16 or not token.isprintable()
+               or " " in token for token in tokens):
+            raise ValueError(
+                "holds a token shorter than 16 characters or with spaces: "
+                "use long random tokens (torro admin-token create)"
+            )
+        return SecretStr(",".join(tokens))
+
     @field_validator("master_key", mode="before")
     @classmethod
     def _check_master_key(cls, value: Any) -> SecretStr | None:
@@ -301,6 +371,11 @@ class Settings(BaseSettings):
                 f"{self.rotation_interval_ms}: use a sleep interval no "
                 f"longer than the rotation interval"
             )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise _SettingsConflict(
+                "KEY_DAEMON_TLS_CERT and KEY_DAEMON_TLS_KEY go together: set "
+                "both for HTTPS, or neither for plain HTTP"
+            )
         if self.master_key is not None and self.master_key_file is not None:
             raise _SettingsConflict(
                 f"{MASTER_KEY_VARIABLE} and {MASTER_KEY_FILE_VARIABLE}="
@@ -326,7 +401,9 @@ class Settings(BaseSettings):
         described = {}
         for name, field in type(self).model_fields.items():
             value = self._effective(name)
-            if name == "master_key":
+            if isinstance(getattr(self, name), SecretStr) or (
+                name in _SECRETS and value is None
+            ):
                 text = "(not set)" if value is None else "(set, redacted)"
             elif value is None:
                 text = "(not set)"
@@ -677,7 +754,10 @@ def _first_problem(error: ValidationError, values: Mapping[str, str]) -> str:
         ),
         str(location),
     )
-    if variable == MASTER_KEY_VARIABLE:
+    secret_variables = {
+        str(fields[name].validation_alias) for name in _SECRETS
+    }
+    if variable in secret_variables:
         return f"{variable} {reason}"
     given = values.get(variable, problem.get("input"))
     return f"{variable}={_show_value(given)} {reason}"
