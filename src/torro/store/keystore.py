@@ -73,6 +73,55 @@ class NewChainEntry:
     derived_from: int | None
 
 
+class StoreView:
+    """The state of a key store at one moment, safe to read from any
+    thread while the store's owner moves on.
+
+    The key store replaces its view after each load and commit, so a
+    reader that takes :attr:`KeyStore.view` once sees one consistent
+    state: a current key, the retained records and the next index that
+    belong together. Key material is opened on first use and kept.
+    """
+
+    def __init__(
+        self,
+        current: KeyRecord | None,
+        records: dict[int, KeyRecord],
+        next_index: int,
+        problem: IntegrityError | None,
+        open_record: Callable[[KeyRecord], KeyMaterial],
+    ) -> None:
+        self.current = current
+        self.records = records
+        self.next_index = next_index
+        self.problem = problem
+        self.by_fingerprint = {
+            record.fingerprint: index for index, record in records.items()
+        }
+        self._open_record = open_record
+        self._materials: dict[int, KeyMaterial] = {}
+
+    def material(self, index: int) -> KeyMaterial:
+        """Return a retained key's material; KeyError when not retained."""
+        material = self._materials.get(index)
+        if material is None:
+            material = self._open_record(self.records[index])
+            self._materials[index] = material
+        return material
+
+    def remember(self, index: int, material: KeyMaterial) -> None:
+        self._materials[index] = material
+
+    @property
+    def oldest(self) -> int | None:
+        return min(self.records, default=None)
+
+    def is_retired(self, index: int) -> bool:
+        """Tell whether ``index`` was a key of this ring, now pruned."""
+        oldest = self.oldest
+        return oldest is not None and 0 <= index < oldest
+
+
 @dataclasses.dataclass(frozen=True)
 class Restored:
     """What :meth:`KeyStore.restore` did.
@@ -147,6 +196,9 @@ class KeyStore:
         # The highest next index this object has seen: a store never goes
         # back, so a lower one means its files were taken away.
         self._high_water = 0
+        # What readers in other threads see: replaced whole after each
+        # load and commit, never changed in place.
+        self.view = StoreView(None, {}, 0, None, self._open_retained)
         # Keys a restore found no intact copy of (see torro.store.restore).
         self.lost: dict[int, dict[str, Any]] = {}
         self.problem: IntegrityError | None = None
@@ -201,6 +253,7 @@ class KeyStore:
         self._loaded = True
         self._stale = False
         self._signature = signature
+        self._publish()
         # A damaged store is read again at every pass until it is fixed:
         # its problem is logged when it appears or changes, not each time.
         if self.problem is not None and (
@@ -249,6 +302,22 @@ class KeyStore:
                 self.current_path, self.current
             )
         return self._current_material
+
+    def _publish(self) -> None:
+        """Replace :attr:`view` with one of the state just reached."""
+        self.view = StoreView(
+            current=self.current,
+            records=dict(self.records),
+            next_index=self.next_index,
+            problem=self.problem,
+            open_record=self._open_retained,
+        )
+        if self._current_material is not None and self.current is not None:
+            self.view.remember(self.current.index, self._current_material)
+
+    def _open_retained(self, record: KeyRecord) -> KeyMaterial:
+        path = self.history_dir / record.file_name
+        return self._reader.open_record(path, record)
 
     def material(self, index: int) -> KeyMaterial:
         """Return the material of a retained key by index."""
@@ -405,6 +474,7 @@ class KeyStore:
         found.repairs.clear()
         found.leftovers.clear()
         self._signature = self._head_signature()
+        self._publish()
 
     def build_record(
         self,
@@ -518,6 +588,7 @@ class KeyStore:
         self._seen.add(record.fingerprint)
         self._current_material = material
         self._stale = False
+        self._publish()
         with self._warn_on_error("back up", self.backup_dir):
             self._write_backup(record_bytes, history, durable=False)
         self._signature = self._head_signature()
