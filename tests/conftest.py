@@ -23,6 +23,8 @@ FAST_SETTINGS = {
     "KEY_DAEMON_SLEEP_INTERVAL": "100",
     "KEY_DAEMON_ROTATION_INTERVAL": "500",
     "KEY_DAEMON_DERIVATION_ROUNDS": "1000",
+    # The API has tests of its own, each on a free port.
+    "KEY_DAEMON_API": "false",
 }
 COMMAND_TIMEOUT = 30.0
 

@@ -45,6 +45,7 @@ def make_settings(tmp_path: Path, **changes: str) -> Settings:
         "KEY_DAEMON_ROTATION_INTERVAL": str(INTERVAL),
         "KEY_DAEMON_DERIVATION_ROUNDS": "1000",
         "KEY_DAEMON_MASTER_KEY": secrets.token_hex(32),
+        "KEY_DAEMON_API": "false",
     }
     environ.update(changes)
     return load_settings(environ, env_file=None)

@@ -16,11 +16,12 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torro import __version__, logs, process
 from torro.config import Settings, load_settings
 from torro.errors import KeyValidationError, StoreError, TorroError
+from torro.api.service import DaemonService
 from torro.rotation import KeyRotationDaemon, RotationPolicy
 from torro.store import KeyStore, open_store, store_is_empty
 
@@ -44,6 +45,9 @@ MIN_SLEEP_MS = 10
 # A key still current this many rotation intervals after it fell due is
 # overdue: status reports the daemon unhealthy.
 OVERDUE_INTERVALS = 2
+
+if TYPE_CHECKING:
+    from torro.api.server import ApiServer
 
 system_log = logging.getLogger(logs.SYSTEM)
 
@@ -72,6 +76,8 @@ class DaemonManager:
         self.reload = reload
         self.store: KeyStore | None = None
         self.daemon: KeyRotationDaemon | None = None
+        self.service: DaemonService | None = None
+        self.server: ApiServer | None = None
         self.started = time.time()
         self._wake = threading.Event()
         self._stop_signal: int | None = None
@@ -104,14 +110,21 @@ class DaemonManager:
                 raise
             self.ready(self._ready_message())
             self._loop()
+            self._stop_server()
             # logged before the PID file goes, so that `torro daemon stop`
             # returns only once the line is written
             reason = signal.Signals(self._stop_signal).name \
                 if self._stop_signal else "request"
             system_log.info("daemon stopped (%s)", reason)
         finally:
+            self._stop_server()
             self._pid_file.release()
         return 0
+
+    def _stop_server(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
 
     def _ready_message(self) -> str:
         """Say "ready", with why rotation cannot run if it cannot."""
@@ -143,6 +156,13 @@ class DaemonManager:
             except KeyValidationError:
                 # Logged by the rotation; the loop tries again.
                 pass
+        self.service = DaemonService(settings, store, daemon)
+        if settings.api_enabled:
+            from torro.api import create_app
+            from torro.api.server import ApiServer
+
+            self.server = ApiServer(create_app(self.service), settings)
+            self.server.start()
         current = store.current
         system_log.info(
             "daemon %s started: pid %d, store %s, current key %s, "
@@ -161,9 +181,11 @@ class DaemonManager:
 
     def _loop(self) -> None:
         assert self.daemon is not None
+        assert self.service is not None
         while self._stop_signal is None:
             passed = self.daemon.clock()
-            self.daemon.tick()
+            with self.service.lock:
+                self.daemon.tick()
             if self._stop_signal is not None:
                 break
             self._wake.wait(self._sleep_seconds(passed))
