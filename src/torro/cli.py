@@ -439,6 +439,180 @@ def config_show(as_json: bool) -> None:
         click.echo(f"{name}={value}")
 
 
+# -- license -----------------------------------------------------------
+
+def _license_expiry(
+    ctx: click.Context, param: click.Parameter, value: str
+) -> int:
+    """Read when a license expires: an ISO 8601 date or time, or a
+    duration.
+
+    A time without a zone is UTC, and a date alone is its midnight UTC;
+    a duration (``30d``, ``12h``) counts from now. Returns seconds since
+    the epoch, and refuses a time that is not in the future.
+    """
+    import datetime
+    import re
+    import time
+
+    from torro.licenses import MAX_TIME
+
+    now = int(time.time())
+    text = value.strip()
+    duration = re.fullmatch(r"([1-9][0-9]{0,6})([dh])", text)
+    if duration is not None:
+        unit = 86400 if duration.group(2) == "d" else 3600
+        expires = now + int(duration.group(1)) * unit
+    else:
+        try:
+            moment = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            raise click.BadParameter(
+                f"{text} is neither an ISO 8601 date or time (2027-01-31, "
+                "2027-01-31T12:00:00Z) nor a duration (30d, 12h)",
+                ctx,
+                param,
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.UTC)
+        expires = int(moment.timestamp())
+    if expires <= now:
+        raise click.BadParameter(
+            f"{text} is in the past: a license must expire after it is "
+            "issued",
+            ctx,
+            param,
+        )
+    if expires > MAX_TIME:
+        raise click.BadParameter(
+            f"{text} is after 9999-12-31T23:59:59Z", ctx, param
+        )
+    return expires
+
+
+@cli.group("license")
+def license_group() -> None:
+    """Issue and verify licenses signed with the retained keys."""
+
+
+@license_group.command("issue")
+@click.option("--subject", required=True, help="Who holds the license.")
+@click.option(
+    "--expires",
+    required=True,
+    metavar="DATE",
+    callback=_license_expiry,
+    help="ISO 8601 date or time (UTC unless zoned), or a duration: 30d, "
+    "12h.",
+)
+@click.option(
+    "--feature",
+    "features",
+    multiple=True,
+    help="A feature the license grants; repeat for more.",
+)
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="Sign by EdDSA, for clients that verify with the public keys.",
+)
+def license_issue(
+    subject: str, expires: int, features: tuple[str, ...], offline: bool
+) -> None:
+    """Issue a license signed with the current key; print only it.
+
+    By default the license is signed by HMAC with the current key itself
+    (HS256, or HS512 for a sha512 key): whoever verifies it needs the
+    key. With --offline it is signed by EdDSA with a signing key derived
+    from the current key, and verifies with the public key published for
+    that key's index. Either way it verifies until its key is no longer
+    retained (KEY_DAEMON_MAX_HISTORY rotations later): retention bounds
+    how long a license can outlive the rotation of its key.
+    """
+    from torro import licenses
+
+    settings = _with_logs(_settings())
+    store = _loaded_store(settings)
+    _stop_on_problem(store)
+    ring = licenses.StoreKeyRing(store)
+    kid = ring.current_index()
+    try:
+        token = licenses.issue_license(
+            ring,
+            subject=subject,
+            expires=expires,
+            features=features,
+            offline=offline,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    security_log.info(
+        "license issued for subject %r with key %d, expires %s, %s",
+        subject,
+        kid,
+        iso_time(expires * 1000),
+        "offline (EdDSA)" if offline else "HMAC",
+    )
+    click.echo(token)
+
+
+@license_group.command("verify")
+@click.argument("token")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def license_verify(ctx: click.Context, token: str, as_json: bool) -> None:
+    """Check a license against the retained keys; TOKEN - reads stdin.
+
+    A valid license prints what it grants and exits 0. An invalid one
+    exits 1 with one reason: malformed, bad_signature, expired,
+    not_yet_valid, unknown_kid, key_retired (its key was rotated out of
+    retention) or wrong_algorithm.
+    """
+    from torro import licenses
+
+    if token == "-":
+        token = sys.stdin.read().strip()
+    store = _loaded_store(_settings())
+    _stop_on_problem(store)
+    try:
+        found = licenses.verify_license(
+            token, licenses.StoreKeyRing(store)
+        )
+    except licenses.LicenseError as exc:
+        if not as_json:
+            raise
+        _print_json({
+            "valid": False,
+            "reason": exc.reason,
+            "detail": exc.detail,
+            "kid": exc.kid,
+            "subject": None,
+            "expires": None,
+            "features": None,
+            "offline": None,
+        })
+        ctx.exit(1)
+    expires = iso_time(found.expires * 1000)
+    if as_json:
+        _print_json({
+            "valid": True,
+            "reason": None,
+            "detail": None,
+            "kid": found.kid,
+            "subject": found.subject,
+            "expires": expires,
+            "features": list(found.features),
+            "offline": found.offline,
+        })
+        return
+    signed = " (offline)" if found.offline else ""
+    click.echo(
+        f"valid: subject {found.subject}, key {found.kid}{signed}, "
+        f"expires {expires}, features "
+        f"{', '.join(found.features) or 'none'}"
+    )
+
+
 # -- entry point -------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> NoReturn:
