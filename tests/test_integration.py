@@ -188,7 +188,7 @@ def count_loads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     real_load = KeyStore.load
 
     def load(self: KeyStore) -> None:
-        if isinstance(self, integration._ReadOnlyKeyStore):
+        if self.read_only:
             loads.append(1)
         real_load(self)
 

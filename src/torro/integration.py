@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import NoReturn, Self
+from typing import Self
 
 from torro.errors import MasterKeyError, StoreError, TorroError
 from torro.material import KeyMaterial
@@ -47,7 +47,7 @@ from torro.sealing import (
     resolve_master_key,
 )
 from torro.store import files
-from torro.store.keystore import LOCK_TIMEOUT, KeyStore
+from torro.store.keystore import KeyStore
 from torro.store.layout import store_is_empty
 from torro.store.records import RecordError, parse_record
 
@@ -87,21 +87,6 @@ class KeyInfo:
     timestamp: int
     algorithm: str
     material: KeyMaterial
-
-
-class _ReadOnlyKeyStore(KeyStore):
-    """A key store that reads and never writes.
-
-    :meth:`KeyStore.load` completes a reset that another process left
-    half done by renaming its staging directory into place; a reader
-    without write permission must leave that to the next writer.
-    """
-
-    def _complete_swaps(self) -> None:
-        return None
-
-    def locked(self, timeout: float = LOCK_TIMEOUT) -> NoReturn:
-        raise RuntimeError("the integration library never writes the store")
 
 
 class DaemonIntegration:
@@ -376,8 +361,11 @@ class DaemonIntegration:
 
     def _new_store(self) -> KeyStore:
         assert self._sealer is not None
-        return _ReadOnlyKeyStore(
-            self.storage_path, self._sealer, history_dir=self.history_dir
+        return KeyStore(
+            self.storage_path,
+            self._sealer,
+            history_dir=self.history_dir,
+            read_only=True,
         )
 
     def _first_load(self) -> KeyStore:

@@ -158,6 +158,9 @@ class KeyStore:
     :param integrity_check: verify every record's checksum and the chain on
         load; the current record is always verified.
     :param clock: returns the time in ms since the epoch.
+    :param read_only: never write, not even to complete a reset another
+        process left half done (a reader without write permission leaves
+        that to the next writer).
     """
 
     def __init__(
@@ -170,8 +173,10 @@ class KeyStore:
         max_history: int = 100,
         integrity_check: bool = True,
         clock: Callable[[], int] = now_ms,
+        read_only: bool = False,
     ) -> None:
         self.layout = StoreLayout(root, history_dir)
+        self.read_only = read_only
         self.root = root
         self.history_dir = self.layout.history_dir
         self.current_path = self.layout.current_path
@@ -439,6 +444,8 @@ class KeyStore:
         another process wrote, or damaged, since this one last looked is
         never written over.
         """
+        if self.read_only:
+            raise RuntimeError(f"the key store {self.root} is read-only here")
         # A swap cut short leaves no root, only its staging directory:
         # completed first, or an empty root would hide it.
         self._complete_swaps()
@@ -1092,6 +1099,8 @@ class KeyStore:
     def _complete_swaps(self) -> None:
         # A store is swapped in by renaming it over from its staging name;
         # a staging directory whose target is gone is complete.
+        if self.read_only:
+            return
         for target in (self.history_dir, self.root):
             staging = self.layout.staging_path(target)
             if not target.exists() and staging.is_dir():
