@@ -22,7 +22,7 @@ from torro.config import (
     load_pid_file,
     load_settings,
 )
-from torro.errors import TorroError
+from torro.errors import ConfigError, TorroError
 from torro.manager import (
     DaemonManager,
     daemon_status,
@@ -437,6 +437,50 @@ def config_show(as_json: bool) -> None:
         return
     for name, value in described.items():
         click.echo(f"{name}={value}")
+
+
+# -- admin-token -------------------------------------------------------
+
+@cli.group("admin-token")
+def admin_token() -> None:
+    """Create tokens for the HTTP API's admin endpoints."""
+
+
+@admin_token.command("create")
+@click.option(
+    "--read-only",
+    is_flag=True,
+    help="A token that sees status details, stats and history metadata "
+    "only, never a key.",
+)
+def admin_token_create(read_only: bool) -> None:
+    """Make a new admin token and append its hash to the token file.
+
+    The token is printed once, on stdout; only its hash is kept, in
+    KEY_DAEMON_ADMIN_TOKEN_FILE. A running daemon accepts it at once.
+    Delete its line from the file to revoke it.
+    """
+    from torro.api import tokens
+
+    settings = _with_logs(_settings())
+    path = settings.admin_token_file
+    if path is None:
+        raise ConfigError(
+            "KEY_DAEMON_ADMIN_TOKEN_FILE is not set: set it to the file "
+            "that keeps the tokens' hashes (it is created if missing)"
+        )
+    role = tokens.READ if read_only else tokens.FULL
+    token, entry = tokens.create_token(path, role)
+    logs.register_secret(token)
+    security_log.warning(
+        "admin token %s (%s) created in %s", entry.token_id, role, path
+    )
+    click.echo(
+        f"created {'read-only' if read_only else 'full'} admin token "
+        f"{entry.token_id} in {path}; it is shown only once:",
+        err=True,
+    )
+    click.echo(token)
 
 
 # -- license -----------------------------------------------------------

@@ -44,7 +44,7 @@ class ApiServer:
             port=settings.port,
             log_config=None,
             access_log=False,
-            lifespan="off",
+            lifespan="on",
             server_header=False,
             **tls,
         )

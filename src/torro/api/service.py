@@ -9,11 +9,15 @@ time (the store's own file lock keeps other processes out).
 """
 
 import dataclasses
+import hmac
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from torro.config import Settings
+from torro.errors import StoreError, TorroError
+from torro.material import KeyMaterial, fingerprint
 from torro.rotation import KeyRotationDaemon, Reset, Rotation
 from torro.store import KeyStore
 from torro.store.keystore import StoreView
@@ -22,6 +26,66 @@ from torro.store.keystore import StoreView
 # A key still current this many rotation intervals after it fell due is
 # overdue: the daemon is unhealthy.
 OVERDUE_INTERVALS = 2
+
+T = TypeVar("T")
+
+
+class Unavailable(TorroError):
+    """The key store cannot serve a request now (damaged or empty)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyMatch:
+    """What a key sent to ``validate-key`` is in the key ring.
+
+    :param index: the index of the retained key it is, or None.
+    :param current: it is the current key.
+    :param fingerprint: the fingerprint of the key, when it is one of
+        the ring's; None otherwise.
+    """
+
+    index: int | None
+    current: bool
+    fingerprint: str | None
+
+    @property
+    def valid(self) -> bool:
+        return self.index is not None
+
+
+class ViewKeyRing:
+    """The key ring of one :class:`StoreView`, for torro.licenses.
+
+    A view never changes, so a license is checked against one consistent
+    state however many rotations run meanwhile. An index below the
+    view's next index that it no longer retains counts as retired.
+
+    :param view: the key store's view of the moment.
+    """
+
+    def __init__(self, view: StoreView) -> None:
+        self.view = view
+
+    def current_index(self) -> int:
+        current = self.view.current
+        if current is None:
+            raise Unavailable("the key store holds no key yet")
+        return current.index
+
+    def key(self, index: int) -> tuple[KeyMaterial, str]:
+        record = self.view.records.get(index)
+        if record is None:
+            raise KeyError(index)
+        return self.view.material(index), record.algorithm
+
+    def retained(self) -> list[int]:
+        return sorted(self.view.records)
+
+    def is_retired(self, index: int) -> bool:
+        return (
+            0 <= index < self.view.next_index
+            and index not in self.view.records
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,10 +122,83 @@ class DaemonService:
         self.daemon = daemon
         self.lock = threading.Lock()
         self.started = time.time()
+        # The JWK Set of the last view asked for, by that view.
+        self._jwks: tuple[StoreView, dict[str, Any]] | None = None
+        # The Prometheus registry of GET /metrics, made at its first
+        # scrape (see torro.api.routes.stats).
+        self.metrics_registry: Any = None
+        self.lock_metrics = threading.Lock()
 
     @property
     def view(self) -> StoreView:
         return self.store.view
+
+    def read(self, use: Callable[[StoreView], T]) -> T:
+        """Call ``use`` with a view of the key store that can serve.
+
+        A view can go stale while it is used: a rotation may prune a key
+        whose file the view still names. A StoreError from a view that
+        is no longer the latest is therefore tried once more with the
+        latest view.
+
+        :raises Unavailable: when the store is damaged or holds no key.
+        :raises StoreError: when a record cannot be read.
+        """
+        view = self._serving_view()
+        try:
+            return use(view)
+        except StoreError:
+            if self.view is view:
+                raise
+        return use(self._serving_view())
+
+    def _serving_view(self) -> StoreView:
+        view = self.view
+        if view.problem is not None:
+            raise Unavailable(
+                "the key store failed its integrity check: GET "
+                "/api/daemon/status and the security log say why"
+            )
+        if view.current is None:
+            raise Unavailable("the key store holds no key yet")
+        return view
+
+    def find_key(self, key: bytes) -> KeyMatch:
+        """Tell whether ``key`` is a retained key of the ring, and which.
+
+        The key is looked up by its fingerprint, then compared with the
+        stored key in constant time.
+        """
+        wanted = fingerprint(key)
+
+        def lookup(view: StoreView) -> KeyMatch:
+            index = view.by_fingerprint.get(wanted)
+            if index is None:
+                return KeyMatch(None, False, None)
+            stored = view.material(index).reveal()
+            if not hmac.compare_digest(stored, key):
+                return KeyMatch(None, False, None)
+            assert view.current is not None
+            return KeyMatch(index, index == view.current.index, wanted)
+
+        return self.read(lookup)
+
+    def jwks(self) -> dict[str, Any]:
+        """Return the JWK Set of the retained keys (torro.licenses.jwks).
+
+        Made once per view of the store: only a rotation changes it.
+        """
+        from torro import licenses
+
+        def build(view: StoreView) -> dict[str, Any]:
+            cached = self._jwks
+            if cached is not None and cached[0] is view:
+                return cached[1]
+            document = licenses.jwks(ViewKeyRing(view))
+            self._jwks = (view, document)
+            return document
+
+        return self.read(build)
 
     def now_ms(self) -> int:
         return self.daemon.clock()
@@ -98,9 +235,18 @@ class DaemonService:
         )
 
     def rotate(self) -> Rotation:
-        """Rotate now, under the store lock, as ``torro daemon rotate``."""
+        """Rotate now, under the store lock, as ``torro daemon rotate``.
+
+        A rotation that fails is counted in the stats as the rotation
+        loop counts its own.
+        """
         with self.lock:
-            rotation = self.daemon.rotate(force=True)
+            try:
+                rotation = self.daemon.rotate(force=True)
+            except TorroError as exc:
+                self.daemon.stats.failed_rotations += 1
+                self.daemon.stats.last_error = str(exc)
+                raise
         assert rotation is not None
         return rotation
 
