@@ -48,6 +48,7 @@ _LOGGED_PATH = 200
 security_log = logging.getLogger(logs.SECURITY)
 system_log = logging.getLogger(logs.SYSTEM)
 
+
 @dataclasses.dataclass(frozen=True)
 class Caller:
     """Who made an admin call.
