@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import FAST_SETTINGS
+from runner import FAST_SETTINGS
 
 from torro import cli, logs
 from torro.config import load_settings, variable_names
@@ -28,7 +28,7 @@ from torro.store import open_store
 
 
 if TYPE_CHECKING:
-    from conftest import Outcome, Torro
+    from runner import Outcome, Torro
 
 
 BAD_SETTINGS = [

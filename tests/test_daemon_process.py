@@ -21,7 +21,7 @@ from torro import process
 
 
 if TYPE_CHECKING:
-    from conftest import Outcome, Torro
+    from runner import Outcome, Torro
 
 
 ROTATED = re.compile(r" rotated to key (\d+) ")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import pytest
-from conftest import wait_until
+from runner import wait_until
 
 from torro import integration
 from torro.errors import MasterKeyError, StoreError
@@ -32,7 +32,7 @@ from torro.store import KeyRecord, KeyStore, files
 
 
 if TYPE_CHECKING:
-    from conftest import Torro
+    from runner import Torro
 
 
 POLICY = RotationPolicy(rotation_interval_ms=1000, derivation_rounds=1000)

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 if TYPE_CHECKING:
-    from conftest import Torro
-    from api.conftest import ApiDaemon
+    from api_daemon import ApiDaemon
+    from runner import Torro
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:

@@ -48,7 +48,7 @@ from torro.store.records import parse_record
 
 
 if TYPE_CHECKING:
-    from conftest import Torro
+    from runner import Torro
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "node-keys"
 needs_fixture = pytest.mark.skipif(

@@ -42,8 +42,6 @@ NO_TOKEN_MESSAGE = (
     "create` (KEY_DAEMON_ADMIN_TOKEN_FILE set), or set "
     "KEY_DAEMON_ADMIN_TOKENS"
 )
-# The longest path repeated in a log line.
-_LOGGED_PATH = 200
 
 security_log = logging.getLogger(logs.SECURITY)
 system_log = logging.getLogger(logs.SYSTEM)
@@ -97,19 +95,25 @@ class Authenticator:
             self._report_file()
         return self._configured + found
 
-    def identify(self, request: Request, need: str) -> Caller:
+    def identify(self, request: Request, need: str, route: str) -> Caller:
         """Return the caller of ``request`` if it may call with ``need``.
 
         :param need: :data:`FULL` or :data:`READ`.
+        :param route: the endpoint's path as declared, ``{index}`` and
+            all: logged instead of the request's path, which could hold
+            anything, a key included.
         :raises ApiError: 401 or 403, logged.
         """
         entries = self.entries()
         if not entries:
-            self._refuse(request, 403, NO_TOKEN_MESSAGE, "no token set")
+            self._refuse(
+                request, route, 403, NO_TOKEN_MESSAGE, "no token set"
+            )
         header = request.headers.get("authorization")
         if header is None:
             self._refuse(
                 request,
+                route,
                 401,
                 "an admin token is needed: send Authorization: Bearer "
                 "<token>",
@@ -120,6 +124,7 @@ class Authenticator:
         if scheme.lower() != "bearer" or not token or " " in token:
             self._refuse(
                 request,
+                route,
                 401,
                 "malformed Authorization header: send Bearer <token>",
                 "malformed Authorization header",
@@ -127,11 +132,13 @@ class Authenticator:
         entry = find_entry(token_digest(token), entries)
         if entry is None:
             self._refuse(
-                request, 403, "the token is not valid", "unknown token"
+                request, route, 403, "the token is not valid",
+                "unknown token",
             )
         if need == FULL and entry.role != FULL:
             self._refuse(
                 request,
+                route,
                 403,
                 "this endpoint needs a full admin token; read-only tokens "
                 "see status details, stats and history metadata",
@@ -142,7 +149,7 @@ class Authenticator:
         security_log.info(
             "api: %s %s by %s token %s from %s",
             request.method,
-            _path(request),
+            route,
             caller.role,
             caller.token_id,
             caller.address,
@@ -150,12 +157,17 @@ class Authenticator:
         return caller
 
     def _refuse(
-        self, request: Request, status: int, message: str, why: str
+        self,
+        request: Request,
+        route: str,
+        status: int,
+        message: str,
+        why: str,
     ) -> NoReturn:
         security_log.warning(
             "api: refused %s %s from %s: %s (%d)",
             request.method,
-            _path(request),
+            route,
             _address(request),
             why,
             status,
@@ -183,6 +195,3 @@ class Authenticator:
 def _address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
-
-def _path(request: Request) -> str:
-    return request.url.path[:_LOGGED_PATH]

@@ -115,7 +115,7 @@ def route(endpoint: Endpoint) -> Route:
 
     async def serve(request: Request) -> Response:
         service = request.app.state.service
-        caller = _caller(request, endpoint.access)
+        caller = _caller(request, endpoint)
         body = None
         if endpoint.body is not None:
             body = _parse(endpoint.body, await _json_body(request))
@@ -139,16 +139,17 @@ def route(endpoint: Endpoint) -> Route:
     )
 
 
-def _caller(request: Request, access: str) -> Caller | None:
+def _caller(request: Request, endpoint: Endpoint) -> Caller | None:
     authenticator = request.app.state.authenticator
     assert isinstance(authenticator, Authenticator)
+    access = endpoint.access
     if access == PUBLIC:
         return None
     if access == OPTIONAL:
         if "authorization" not in request.headers:
             return None
-        return authenticator.identify(request, READ)
-    return authenticator.identify(request, access)
+        access = READ
+    return authenticator.identify(request, access, endpoint.path)
 
 
 async def _json_body(request: Request) -> Any:

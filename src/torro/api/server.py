@@ -49,6 +49,9 @@ class ApiServer:
             access_log=False,
             lifespan="on",
             server_header=False,
+            # The client address is the TCP peer (see torro.api.limits):
+            # uvicorn would otherwise take X-Forwarded-For from loopback.
+            proxy_headers=False,
             **tls,
         )
         self._server = uvicorn.Server(config)
