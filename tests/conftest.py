@@ -10,6 +10,8 @@ import pytest
 from fakes import FakeClock
 from runner import FAST_SETTINGS, Torro, clean_environ
 
+from torro import logs
+from torro.config import variable_names
 from torro.sealing import MasterKey
 
 
@@ -26,6 +28,27 @@ def torro(tmp_path: Path) -> Iterator[Torro]:
         yield runner
     finally:
         runner.kill_leftovers()
+
+
+@pytest.fixture
+def here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """Run the CLI in this process, in a clean directory with fast settings.
+
+    Spares an interpreter start where a test needs no separate process.
+    """
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    for name in variable_names():
+        monkeypatch.delenv(name, raising=False)
+    for name, value in FAST_SETTINGS.items():
+        monkeypatch.setenv(name, value)
+    try:
+        yield cwd.resolve()
+    finally:
+        logs.reset_logging()
 
 
 # -- key store fixtures --------------------------------------------------

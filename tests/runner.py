@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from torro import cli
+
 
 # Settings that keep subprocess tests fast: a short schedule and the
 # fewest derivation rounds the configuration accepts.
@@ -210,3 +212,13 @@ class Torro:
         for pid in self.daemon_processes():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def run_here(
+    capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str, str]:
+    """Run ``torro args`` in this process; return code, stdout, stderr."""
+    capsys.readouterr()
+    code = cli._run(cli.cli.main, list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

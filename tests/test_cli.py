@@ -14,15 +14,15 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from runner import FAST_SETTINGS
+from runner import run_here
 
-from torro import cli, logs
-from torro.config import load_settings, variable_names
+from torro import cli
+from torro.config import load_settings
 from torro.rotation import KeyRotationDaemon, RotationPolicy
 from torro.store import open_store
 
@@ -108,37 +108,6 @@ def shown_key(outcome: "Outcome") -> str:
     match = re.search(r"^key: +([0-9a-f]+)$", outcome.stdout, re.MULTILINE)
     assert match is not None, outcome.stdout
     return match.group(1)
-
-
-@pytest.fixture
-def here(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Path]:
-    """Run the CLI in this process, in a clean directory with fast settings.
-
-    Spares an interpreter start where a test needs no separate process.
-    """
-    cwd = tmp_path / "work"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    for name in variable_names():
-        monkeypatch.delenv(name, raising=False)
-    for name, value in FAST_SETTINGS.items():
-        monkeypatch.setenv(name, value)
-    try:
-        yield cwd.resolve()
-    finally:
-        logs.reset_logging()
-
-
-def run_here(
-    capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, str, str]:
-    """Run ``torro args`` in this process; return code, stdout, stderr."""
-    capsys.readouterr()
-    code = cli._run(cli.cli.main, list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # -- configuration ------------------------------------------------------

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from fakes import FakeClock
-from test_cli import here, run_here  # noqa: F401 (here is a fixture)
+from runner import run_here
 
 from torro.errors import StoreError
 from torro.licenses import (
@@ -785,7 +785,7 @@ def test_store_ring_of_an_empty_store_names_the_next_command(
 # -- the CLI -------------------------------------------------------------
 
 def test_cli_issues_and_verifies_a_license(
-    here: Path,  # noqa: F811
+    here: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -829,7 +829,7 @@ def test_cli_issues_and_verifies_a_license(
 
 
 def test_cli_refuses_a_tampered_license_in_one_line(
-    here: Path,  # noqa: F811
+    here: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert run_here(capsys, "daemon", "rotate")[0] == 0
@@ -871,7 +871,7 @@ def test_cli_refuses_a_tampered_license_in_one_line(
     ],
 )
 def test_cli_refuses_an_expiry_in_the_past_or_unreadable(
-    here: Path,  # noqa: F811
+    here: Path,
     capsys: pytest.CaptureFixture[str],
     expires: str,
     message: str,
