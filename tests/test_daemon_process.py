@@ -385,7 +385,13 @@ def test_restart_after_kill_9_continues_the_chain(torro: "Torro") -> None:
     last = current_index(cwd)
     assert last > crashed_at
     assert history_indexes(cwd) == list(range(last + 1))
-    assert rotated_indexes(cwd) == list(range(last + 1))
+    # SIGKILL can land between a commit and its log line: the key killed
+    # with may go unlogged, but nothing is logged twice, and every key the
+    # second daemon made is logged.
+    logged = rotated_indexes(cwd)
+    assert logged == sorted(set(logged))
+    assert set(range(crashed_at + 1, last + 1)) <= set(logged)
+    assert set(logged) <= set(range(last + 1))
     verified = torro.run("keys", "verify")
     assert verified.code == 0
     assert verified.stdout.startswith(f"ok: {last + 1} keys verified")
