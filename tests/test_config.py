@@ -969,17 +969,42 @@ def test_short_token_is_refused_without_showing_it() -> None:
     error = rejection(KEY_DAEMON_ADMIN_TOKENS="long-enough-token-1,short")
 
     assert str(error) == (
-        "KEY_DAEMON_ADMIN_TOKENS holds a token shorter than 16 characters "
-        "or with spaces: use long random tokens (torro admin-token create)"
+        "KEY_DAEMON_ADMIN_TOKENS holds a token shorter than 16 characters, "
+        "or with spaces or characters beyond ASCII: use long random tokens "
+        "(torro admin-token create)"
+    )
+
+
+def test_token_beyond_ascii_is_refused_without_showing_it() -> None:
+    """A client sends its header in UTF-8 or Latin-1, as it likes: a token
+    beyond ASCII could never match reliably."""
+    error = rejection(KEY_DAEMON_READ_TOKENS="\u00e9" * 17)
+
+    assert str(error).startswith(
+        "KEY_DAEMON_READ_TOKENS holds a token shorter than 16 characters, "
+    )
+    assert "\u00e9" not in str(error)
+
+
+def test_one_token_in_both_roles_is_refused() -> None:
+    shared = "shared-token-0123456789"
+    error = rejection(
+        KEY_DAEMON_ADMIN_TOKENS=f"full-token-0123456789,{shared}",
+        KEY_DAEMON_READ_TOKENS=shared,
+    )
+
+    assert str(error) == (
+        "KEY_DAEMON_READ_TOKENS holds a token that KEY_DAEMON_ADMIN_TOKENS "
+        "holds too: give each token one role"
     )
 
 
 def test_tokens_are_redacted_in_describe() -> None:
-    token = "x" * 32
+    full, read = "x" * 32, "y" * 32
     described = load(
-        KEY_DAEMON_ADMIN_TOKENS=token, KEY_DAEMON_READ_TOKENS=token
+        KEY_DAEMON_ADMIN_TOKENS=full, KEY_DAEMON_READ_TOKENS=read
     ).describe()
 
     assert described["KEY_DAEMON_ADMIN_TOKENS"] == "(set, redacted)"
     assert described["KEY_DAEMON_READ_TOKENS"] == "(set, redacted)"
-    assert token not in str(described)
+    assert full not in str(described) and read not in str(described)

@@ -3,7 +3,9 @@
 import json
 import logging
 import os
+import random
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,11 @@ from fakes import START, FakeClock
 from torro import keygen, logs
 from torro.errors import ClockError, IntegrityError
 from torro.material import fingerprint
-from torro.rotation import KeyRotationDaemon, RotationPolicy
+from torro.rotation import (
+    DERIVATION_NICENESS,
+    KeyRotationDaemon,
+    RotationPolicy,
+)
 from torro.sealing import MasterKey, Sealer
 from torro.store import KeyRecord, KeyStore, files
 
@@ -400,3 +406,50 @@ def test_forced_rotation_refuses_while_the_clock_is_behind(
         "clock first"
     )
     assert indexes_on_disk(root) == [0]
+
+
+# background derivation (a daemon that also serves the HTTP API)
+
+
+class SeededRandom:
+    """A repeatable random source that notes the niceness it ran at."""
+
+    def __init__(self, seed: int) -> None:
+        self._random = random.Random(seed)
+        self.niceness: list[int] = []
+
+    def token_bytes(self, n: int) -> bytes:
+        self.niceness.append(
+            os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        )
+        return self._random.randbytes(n)
+
+
+def test_background_derivation_makes_the_same_chain_at_lower_priority(
+    tmp_path: Path, master: MasterKey, clock: FakeClock
+) -> None:
+    """Deriving in a thread of its own changes nothing of the keys: with
+    the same random bytes both daemons make the same chain. The thread
+    runs niced by DERIVATION_NICENESS (capped at 19), the caller not."""
+    chains = []
+    sources = []
+    for background in (False, True):
+        source = SeededRandom(7)
+        daemon = daemon_for(
+            tmp_path / f"keys-{background}", master, clock,
+            random=source, background_derivation=background,
+        )
+        for _ in range(3):
+            daemon.rotate(force=True)
+        chains.append([
+            daemon.store.material(index).reveal() for index in range(3)
+        ])
+        sources.append(source)
+
+    assert chains[0] == chains[1]
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert set(sources[0].niceness) == {own}
+    lowered = min(19, own + DERIVATION_NICENESS)
+    # the first key is drawn by the caller; each derivation in the thread
+    assert sources[1].niceness[0] == own
+    assert set(sources[1].niceness[1:]) == {lowered}

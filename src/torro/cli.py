@@ -99,6 +99,7 @@ def daemon_run() -> None:
     reloads the configuration.
     """
     settings = _settings()
+    process.limit_malloc_arenas()
     DaemonManager(settings).run()
 
 

@@ -331,11 +331,13 @@ class Settings(BaseSettings):
         tokens = [token for token in tokens if token]
         if not tokens:
             return None
-        if any(len(token) < 16 or not token.isprintable()
-               or " " in token for token in tokens):
+        if any(len(token) < 16 or not token.isascii()
+               or not token.isprintable() or " " in token
+               for token in tokens):
             raise ValueError(
-                "holds a token shorter than 16 characters or with spaces: "
-                "use long random tokens (torro admin-token create)"
+                "holds a token shorter than 16 characters, or with spaces "
+                "or characters beyond ASCII: use long random tokens "
+                "(torro admin-token create)"
             )
         return SecretStr(",".join(tokens))
 
@@ -370,6 +372,13 @@ class Settings(BaseSettings):
                 f"longer than KEY_DAEMON_ROTATION_INTERVAL="
                 f"{self.rotation_interval_ms}: use a sleep interval no "
                 f"longer than the rotation interval"
+            )
+        full = _tokens(self.admin_tokens)
+        if full & _tokens(self.read_tokens):
+            raise _SettingsConflict(
+                "KEY_DAEMON_READ_TOKENS holds a token that "
+                "KEY_DAEMON_ADMIN_TOKENS holds too: give each token one "
+                "role"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise _SettingsConflict(
@@ -521,8 +530,9 @@ def check_files(settings: Settings) -> None:
     """Check every path the settings name against the disk, creating nothing.
 
     What :func:`check_store_paths` checks; that the log directory and the
-    directory of the PID file can exist; and that a configured master key
-    file holds a master key.
+    directory of the PID file can exist; that the TLS certificate and key
+    of the API can be used; and that a configured master key file holds a
+    master key.
 
     :raises ConfigError: a path or the master key file cannot be used;
         the message names the variable or file and what to do.
@@ -541,12 +551,46 @@ def check_files(settings: Settings) -> None:
         "point it at a file in a directory (the directory is created if "
         "missing)",
     )
+    if settings.api_enabled and settings.tls_cert is not None \
+            and settings.tls_key is not None:
+        check_tls(settings.tls_cert, settings.tls_key)
     if settings.master_key_file is not None:
         try:
             read_master_key_file(settings.master_key_file)
         except MasterKeyError as exc:
             # the file the operator configured: a bad setting, exit 2
             raise ConfigError(str(exc)) from exc
+
+
+def check_tls(cert: Path, key: Path) -> None:
+    """Load the TLS certificate and key once, so that a bad one is named
+    before the daemon starts.
+
+    A key protected by a passphrase is refused rather than prompted for:
+    the daemon runs unattended.
+
+    :raises ConfigError: when the pair cannot serve HTTPS.
+    """
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key, password=_no_passphrase)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if isinstance(exc, ssl.SSLError):
+            reason = (
+                "not a PEM certificate and an unencrypted key that match"
+            )
+        raise ConfigError(
+            f"KEY_DAEMON_TLS_CERT={cert} and KEY_DAEMON_TLS_KEY={key} "
+            f"cannot be used for HTTPS ({reason}): give a PEM certificate "
+            "and its matching PEM private key without a passphrase"
+        ) from None
+
+
+def _no_passphrase() -> bytes:
+    return b""
 
 
 def _check_directory(
@@ -780,3 +824,10 @@ def _show_value(value: object) -> str:
     if value and plain:
         return value + suffix
     return repr(value) + suffix
+
+
+def _tokens(value: SecretStr | None) -> set[str]:
+    """Return the tokens of a comma-separated token setting."""
+    if value is None:
+        return set()
+    return set(value.get_secret_value().split(","))

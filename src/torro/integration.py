@@ -32,10 +32,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from torro.errors import MasterKeyError, StoreError, TorroError
 from torro.material import KeyMaterial
@@ -50,6 +50,9 @@ from torro.store import files
 from torro.store.keystore import KeyStore
 from torro.store.layout import store_is_empty
 from torro.store.records import RecordError, parse_record
+
+if TYPE_CHECKING:
+    from torro.licenses import License
 
 
 LOGGER_NAME = "torro.integration"
@@ -296,14 +299,14 @@ class DaemonIntegration:
         Every retained key is compared, in constant time for keys of equal
         length, whichever matches. The key is never logged.
 
-        :param key_hex: a key in its stored form, lowercase hex.
+        :param key_hex: a key as hex digits, in either case.
         :returns: the key's :class:`KeyInfo`, or None for any other key
-            and for anything that is not lowercase hex of even length.
+            and for anything that is not hex of even length.
         """
         if not isinstance(key_hex, str):
             return None
         try:
-            candidate = KeyMaterial.from_hex(key_hex).reveal()
+            candidate = KeyMaterial.from_hex(key_hex.lower()).reveal()
         except ValueError:
             return None
         found = None
@@ -312,6 +315,60 @@ class DaemonIntegration:
             if matched and found is None:
                 found = info
         return found
+
+    def issue_license(
+        self,
+        *,
+        subject: str,
+        expires: int,
+        features: Sequence[str] = (),
+        offline: bool = False,
+        not_before: int | None = None,
+    ) -> str:
+        """Sign a license with the current key (see torro.licenses).
+
+        :param subject: who holds the license.
+        :param expires: when it stops being valid, seconds since the
+            epoch.
+        :param features: what it grants.
+        :param offline: sign by EdDSA, for clients holding only the JWKS.
+        :param not_before: when it starts to be valid; now by default.
+        :raises ValueError: for a subject, feature or time out of range.
+        """
+        from torro import licenses
+
+        return licenses.issue_license(
+            licenses.StoreKeyRing(self._view()),
+            subject=subject,
+            expires=expires,
+            features=features,
+            offline=offline,
+            not_before=not_before,
+        )
+
+    def verify_license(self, token: str) -> "License":
+        """Check a license against the retained keys; return its claims.
+
+        A ``kid`` beyond the newest key this client knows makes it reload
+        the store once (another process may just have rotated) before it
+        says ``unknown_kid``.
+
+        :raises torro.licenses.LicenseError: the license is not valid;
+            its ``reason`` says why.
+        """
+        from torro import licenses
+
+        try:
+            return licenses.verify_license(
+                token, licenses.StoreKeyRing(self._view())
+            )
+        except licenses.LicenseError as exc:
+            if exc.reason != "unknown_kid":
+                raise
+        self._reload()
+        return licenses.verify_license(
+            token, licenses.StoreKeyRing(self._view())
+        )
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback`` with each new current key, oldest first.

@@ -143,7 +143,9 @@ class DaemonManager:
         settings = self.settings
         store = open_store(settings)
         daemon = KeyRotationDaemon(
-            store, RotationPolicy.from_settings(settings)
+            store,
+            RotationPolicy.from_settings(settings),
+            background_derivation=settings.api_enabled,
         )
         # Taking the lock loads and verifies the store, and completes what
         # a crash interrupted, before anything else happens.

@@ -101,3 +101,34 @@ def test_a_key_that_does_not_match_stops_the_start_with_one_line(
     assert last.startswith("torro: error: KEY_DAEMON_TLS_CERT=")
     assert "cannot be used for HTTPS" in last
     assert "Traceback" not in outcome.stderr
+
+
+def test_config_check_refuses_a_key_with_a_passphrase_without_asking(
+    torro: "Torro", tmp_path: Path
+) -> None:
+    """The daemon runs unattended: a key it would have to prompt for is a
+    bad setting, found by `torro config check` as by a start."""
+    cert, key = make_certificate(tmp_path)
+    loaded = serialization.load_pem_private_key(key.read_bytes(), None)
+    key.write_bytes(
+        loaded.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"a passphrase"),
+        )
+    )
+    outcome = torro.run(
+        "config", "check",
+        env={
+            "KEY_DAEMON_API": "true",
+            "KEY_DAEMON_TLS_CERT": str(cert),
+            "KEY_DAEMON_TLS_KEY": str(key),
+        },
+    )
+    assert outcome.code == 2
+    assert outcome.stderr == (
+        f"torro: error: KEY_DAEMON_TLS_CERT={cert} and KEY_DAEMON_TLS_KEY="
+        f"{key} cannot be used for HTTPS (not a PEM certificate and an "
+        "unencrypted key that match): give a PEM certificate and its "
+        "matching PEM private key without a passphrase\n"
+    )

@@ -127,9 +127,13 @@ def route(endpoint: Endpoint) -> Route:
             path = _parse(endpoint.path_model, dict(request.path_params))
         call = Call(service, caller, body, query, path)
         reply = await run_in_threadpool(endpoint.handler, call)
-        if isinstance(reply, Response):
-            return reply
-        return JSONResponse(reply.model_dump(mode="json", exclude_unset=True))
+        if not isinstance(reply, Response):
+            reply = JSONResponse(
+                reply.model_dump(mode="json", exclude_unset=True)
+            )
+        # Replies may hold keys, and are of the moment: no cache keeps one.
+        reply.headers["Cache-Control"] = "no-store"
+        return reply
 
     return Route(
         endpoint.path,

@@ -7,15 +7,13 @@ not hold up requests.
 """
 
 import logging
-import ssl
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from torro import logs
-from torro.config import Settings
-from torro.errors import ConfigError, DaemonError
+from torro.config import Settings, check_tls
+from torro.errors import DaemonError
 
 
 START_TIMEOUT = 10.0
@@ -36,7 +34,7 @@ class ApiServer:
 
         tls = {}
         if settings.tls_cert is not None and settings.tls_key is not None:
-            _check_tls(settings.tls_cert, settings.tls_key)
+            check_tls(settings.tls_cert, settings.tls_key)
             tls = {
                 "ssl_certfile": str(settings.tls_cert),
                 "ssl_keyfile": str(settings.tls_key),
@@ -105,25 +103,6 @@ class ApiServer:
         except BaseException as exc:
             self._failure = _reason(exc)
             system_log.error("HTTP API stopped: %s", self._failure)
-
-
-def _check_tls(cert: Path, key: Path) -> None:
-    """Load the TLS files once, so that a bad one is named at start.
-
-    :raises ConfigError: when the certificate or key cannot be used.
-    """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(cert, key)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        if isinstance(exc, ssl.SSLError):
-            reason = "not a PEM certificate and a key that match"
-        raise ConfigError(
-            f"KEY_DAEMON_TLS_CERT={cert} and KEY_DAEMON_TLS_KEY={key} "
-            f"cannot be used for HTTPS ({reason}): give a PEM certificate "
-            "and its matching unencrypted PEM private key"
-        ) from None
 
 
 def _reason(exc: BaseException) -> BaseException:

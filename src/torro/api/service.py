@@ -26,6 +26,12 @@ from torro.store.keystore import StoreView
 # A key still current this many rotation intervals after it fell due is
 # overdue: the daemon is unhealthy.
 OVERDUE_INTERVALS = 2
+# Seconds between two looks, from a request, for a change another process
+# made to the store (a `torro daemon rotate`, a reset, damage).
+SYNC_INTERVAL = 0.25
+# Seconds between two full reads of the store by GET status: damage to a
+# record that leaves the main files alone shows only then.
+VERIFY_INTERVAL = 10.0
 
 T = TypeVar("T")
 
@@ -122,6 +128,8 @@ class DaemonService:
         self.daemon = daemon
         self.lock = threading.Lock()
         self.started = time.time()
+        self._synced = 0.0
+        self._verified = 0.0
         # The JWK Set of the last view asked for, by that view.
         self._jwks: tuple[StoreView, dict[str, Any]] | None = None
         # The Prometheus registry of GET /metrics, made at its first
@@ -132,6 +140,38 @@ class DaemonService:
     @property
     def view(self) -> StoreView:
         return self.store.view
+
+    def sync(self, *, verify: bool = False) -> None:
+        """Catch up with changes to the store made by another process.
+
+        The rotation loop looks once per sleep interval; a request looks
+        too, at most every :data:`SYNC_INTERVAL`, so that the API never
+        signs with or accepts a key another process has retired. On a
+        change the loop's own pass runs here (see
+        :meth:`KeyRotationDaemon.tick`): it reloads, reports damage
+        once, and rotates if a key fell due. With ``verify``, every
+        :data:`VERIFY_INTERVAL` the whole store is read again.
+
+        While a pass runs elsewhere (a rotation in flight), nothing is
+        done: that pass publishes a fresh view when it ends.
+        """
+        now = time.monotonic()
+        full = verify and now - self._verified >= VERIFY_INTERVAL
+        if not full and now - self._synced < SYNC_INTERVAL:
+            return
+        if not full and not self.store.changed_on_disk():
+            self._synced = now
+            return
+        if not self.lock.acquire(blocking=False):
+            return
+        try:
+            self._synced = now
+            if full:
+                self._verified = now
+                self.store.invalidate()
+            self.daemon.tick()
+        finally:
+            self.lock.release()
 
     def read(self, use: Callable[[StoreView], T]) -> T:
         """Call ``use`` with a view of the key store that can serve.
@@ -144,6 +184,7 @@ class DaemonService:
         :raises Unavailable: when the store is damaged or holds no key.
         :raises StoreError: when a record cannot be read.
         """
+        self.sync()
         view = self._serving_view()
         try:
             return use(view)
@@ -204,7 +245,8 @@ class DaemonService:
         return self.daemon.clock()
 
     def health(self) -> Health:
-        """Judge the daemon's health from the store's latest view."""
+        """Judge the daemon's health from the store as it is on disk."""
+        self.sync(verify=True)
         view = self.view
         now = self.now_ms()
         interval = self.daemon.policy.rotation_interval_ms
@@ -257,6 +299,7 @@ class DaemonService:
 
     def stats(self) -> dict[str, Any]:
         """Return the figures of ``GET stats`` and ``/metrics``."""
+        self.sync()
         stats = self.daemon.stats
         view = self.view
         now = self.now_ms()

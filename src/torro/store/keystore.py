@@ -360,6 +360,14 @@ class KeyStore:
         pending = self.layout.record_path(self.next_index)
         return pending.exists()
 
+    def invalidate(self) -> None:
+        """Make the next :meth:`refresh` read the whole store again.
+
+        For damage no file's name, size or time shows, such as a record
+        edited in place.
+        """
+        self._stale = True
+
     def refresh(self) -> bool:
         """Reload the store if it changed on disk; tell whether it did."""
         if not self.changed_on_disk():
