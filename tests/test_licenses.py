@@ -885,3 +885,18 @@ def test_cli_refuses_an_expiry_in_the_past_or_unreadable(
         (f"torro: error: Invalid value for '--expires': {message} (see "
         "torro license issue --help)\n"),
     )
+
+
+def test_a_padded_license_is_malformed() -> None:
+    """base64url in a JWS has no padding (RFC 7515, section 2): a license
+    with '=' appended is another string, refused rather than read as the
+    same license."""
+    ring = ring_of()
+    token = issue_license(ring, subject="acme", expires=4102444800,
+                          now=1767225600)
+    assert verify_license(token, ring, now=1767225600).subject == "acme"
+    with pytest.raises(LicenseError) as caught:
+        verify_license(token + "=", ring, now=1767225600)
+    assert (caught.value.reason, caught.value.detail) == (
+        "malformed", "not a JWS compact token"
+    )

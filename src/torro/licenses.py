@@ -105,6 +105,8 @@ MIN_HMAC_KEY_LENGTH = 16
 MAX_KID_DIGITS = 18
 
 _CANONICAL_INDEX = re.compile(r"0|[1-9][0-9]*")
+# Three base64url segments without padding.
+_COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # Names a failure message may repeat; any other alg is not quoted.
 _KNOWN_ALGORITHMS = frozenset({
     "none",
@@ -397,6 +399,9 @@ def verify_license(
         _fail("malformed", "not a JWS compact token")
     if len(token) > MAX_TOKEN_LENGTH:
         _fail("malformed", f"longer than {MAX_TOKEN_LENGTH} characters")
+    if _COMPACT.fullmatch(token) is None:
+        # base64url without padding (RFC 7515): one spelling per license
+        _fail("malformed", "not a JWS compact token")
     jws = _jws()
     try:
         header = jws.get_unverified_header(token)

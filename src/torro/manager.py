@@ -13,6 +13,7 @@ import datetime
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -141,6 +142,21 @@ class DaemonManager:
 
     def _start(self) -> None:
         settings = self.settings
+        listener = None
+        if settings.api_enabled:
+            from torro.api.server import listen
+
+            # Before the store: a port in use creates nothing on disk.
+            listener = listen(settings)
+        try:
+            self._start_with(listener)
+        except BaseException:
+            if listener is not None and self.server is None:
+                listener.close()
+            raise
+
+    def _start_with(self, listener: socket.socket | None) -> None:
+        settings = self.settings
         store = open_store(settings)
         daemon = KeyRotationDaemon(
             store,
@@ -159,11 +175,13 @@ class DaemonManager:
                 # Logged by the rotation; the loop tries again.
                 pass
         self.service = DaemonService(settings, store, daemon)
-        if settings.api_enabled:
+        if listener is not None:
             from torro.api import create_app
             from torro.api.server import ApiServer
 
-            self.server = ApiServer(create_app(self.service), settings)
+            self.server = ApiServer(
+                create_app(self.service), settings, listener
+            )
             self.server.start()
         current = store.current
         system_log.info(

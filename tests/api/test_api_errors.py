@@ -153,6 +153,12 @@ def test_unknown_paths_and_path_tricks_are_404_or_422(
         "/api/daemon/key/%00",
         "/api/daemon/key/%F0%9F%94%91",
         "/api/daemon/key/nan",
+        "/api/daemon/key/1_0",
+        "/api/daemon/key/00",
+        "/api/daemon/key/+0",
+        "/api/daemon/key/-0",
+        "/api/daemon/key/%200",
+        "/api/daemon/key/1.0",
     ]
     for path in unparsable:
         response = raw_request(api, "GET", path, headers)

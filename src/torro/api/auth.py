@@ -84,6 +84,9 @@ class Authenticator:
                 logs.register_secret(token.strip())
         path = settings.admin_token_file
         self._file = None if path is None else TokenFile(path)
+        # read once now, so that a file that cannot serve is logged at
+        # start rather than at the first admin call
+        self.entries()
 
     def entries(self) -> list[TokenEntry]:
         """Return every token accepted now, the token file read again if

@@ -6,43 +6,84 @@ therefore never runs on the event loop, and a rotation in progress does
 not hold up requests.
 """
 
+import errno
 import logging
+import os
+import socket
 import threading
 import time
 from typing import Any
 
 from torro import logs
 from torro.config import Settings, check_tls
-from torro.errors import DaemonError
+from torro.errors import ConfigError, DaemonError
 
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
+# Connections the kernel queues before the server accepts them.
+BACKLOG = 2048
 
 system_log = logging.getLogger(logs.SYSTEM)
+
+
+def listen(settings: Settings) -> socket.socket:
+    """Open the API's listening socket, before the daemon touches the store.
+
+    A port in use or TLS files that cannot serve stop the start here, in
+    one line, with nothing on disk created or changed.
+
+    :raises DaemonError: when the address cannot be listened on.
+    :raises ConfigError: when the TLS certificate or key cannot be used.
+    """
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        check_tls(settings.tls_cert, settings.tls_key)
+    where = f"{settings.host}:{settings.port}"
+    try:
+        family, _, _, _, address = socket.getaddrinfo(
+            settings.host, settings.port, type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE,
+        )[0]
+        return socket.create_server(address, family=family, backlog=BACKLOG)
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"the HTTP API cannot listen on {where}: KEY_DAEMON_HOST="
+            f"{settings.host} is not an address of this machine "
+            f"({exc.strerror}); use one such as 127.0.0.1 or 0.0.0.0"
+        ) from None
+    except OSError as exc:
+        advice = "pick another KEY_DAEMON_PORT"
+        if exc.errno == errno.EADDRNOTAVAIL:
+            advice = "use an address of this machine as KEY_DAEMON_HOST"
+        raise DaemonError(
+            f"the HTTP API cannot listen on {where}: "
+            f"{os.strerror(exc.errno) if exc.errno else exc}; {advice}, "
+            "or set KEY_DAEMON_API=false"
+        ) from None
 
 
 class ApiServer:
     """The uvicorn server of one daemon, in a background thread.
 
     :param app: the ASGI application (see torro.api.create_app).
-    :param settings: where to listen, and the TLS files if any.
+    :param settings: the TLS files, if any.
+    :param listener: the socket from :func:`listen`; closed by
+        :meth:`stop`.
     """
 
-    def __init__(self, app: Any, settings: Settings) -> None:
+    def __init__(
+        self, app: Any, settings: Settings, listener: socket.socket
+    ) -> None:
         import uvicorn
 
         tls = {}
         if settings.tls_cert is not None and settings.tls_key is not None:
-            check_tls(settings.tls_cert, settings.tls_key)
             tls = {
                 "ssl_certfile": str(settings.tls_cert),
                 "ssl_keyfile": str(settings.tls_key),
             }
         config = uvicorn.Config(
             app,
-            host=settings.host,
-            port=settings.port,
             log_config=None,
             access_log=False,
             lifespan="on",
@@ -53,23 +94,23 @@ class ApiServer:
             **tls,
         )
         self._server = uvicorn.Server(config)
+        self._listener = listener
         self._thread = threading.Thread(
             target=self._serve, name="torro-api", daemon=True
         )
         self._failure: BaseException | None = None
         self.scheme = "https" if tls else "http"
-        self.host = settings.host
-        self.port = settings.port
+        self.host, self.port = listener.getsockname()[:2]
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
 
     def start(self) -> None:
-        """Start serving; return once the socket listens.
+        """Start serving; return once requests are answered.
 
-        :raises DaemonError: when the server cannot listen (port taken,
-            TLS files unreadable).
+        :raises DaemonError: when the server does not start.
         """
         self._thread.start()
         deadline = time.monotonic() + START_TIMEOUT
@@ -77,29 +118,24 @@ class ApiServer:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 reason = self._failure or "it did not start in time"
                 raise DaemonError(
-                    f"the HTTP API cannot listen on {self.host}:{self.port}:"
-                    f" {reason}; pick another KEY_DAEMON_PORT, or set "
-                    "KEY_DAEMON_API=false"
+                    f"the HTTP API on {self.url} did not start: {reason}; "
+                    "set KEY_DAEMON_API=false to run without it"
                 )
             time.sleep(0.01)
-        sockets = [
-            sock for server in self._server.servers
-            for sock in server.sockets
-        ]
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
         system_log.info("HTTP API listening on %s", self.url)
 
     def stop(self) -> None:
         """Stop accepting requests, finish those in flight, and return."""
         self._server.should_exit = True
-        self._thread.join(STOP_TIMEOUT)
+        if self._thread.is_alive():
+            self._thread.join(STOP_TIMEOUT)
+        self._listener.close()
 
     def _serve(self) -> None:
         # Off the main thread, uvicorn leaves the process's signals to the
         # rotation loop.
         try:
-            self._server.run()
+            self._server.run(sockets=[self._listener])
         except BaseException as exc:
             self._failure = _reason(exc)
             system_log.error("HTTP API stopped: %s", self._failure)

@@ -12,9 +12,10 @@ An index the key ring never had, and one it had but no longer retains
 """
 
 import logging
+import re
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from torro import logs
 from torro.api.auth import Caller
@@ -26,6 +27,8 @@ from torro.store.records import KeyRecord
 
 
 MAX_PER_PAGE = 100
+
+_INDEX = re.compile(r"0|-?[1-9][0-9]*")
 
 security_log = logging.getLogger(logs.SECURITY)
 
@@ -45,9 +48,20 @@ class KeyInfo(BaseModel):
 
 
 class KeyPath(BaseModel):
-    """The index of a key, in the path."""
+    """The index of a key, in the path, in decimal: one spelling each."""
 
     index: int
+
+    @field_validator("index", mode="before")
+    @classmethod
+    def _one_spelling(cls, value: object) -> object:
+        # int() would take 1_0, 00, +1 and " 1" for keys 10, 0 and 1
+        if isinstance(value, str) and _INDEX.fullmatch(value) is None:
+            raise ValueError(
+                "must be a whole number in decimal, without signs, "
+                "spaces or leading zeros"
+            )
+        return value
 
 
 class HistoryQuery(BaseModel):

@@ -1,0 +1,65 @@
+"""Starting the API: where it listens, and a start that cannot listen."""
+
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from api_daemon import ApiDaemon
+    from runner import Torro
+
+
+def test_a_port_in_use_stops_the_start_before_the_store_is_made(
+    torro: "Torro",
+) -> None:
+    """The socket is opened before the store: a start that cannot listen
+    makes no key and no master key, and says so in one line."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        outcome = torro.run(
+            "daemon", "run",
+            env={"KEY_DAEMON_API": "true", "KEY_DAEMON_PORT": str(port)},
+        )
+    assert outcome.code == 1
+    assert outcome.stderr.splitlines()[-1] == (
+        f"torro: error: the HTTP API cannot listen on 127.0.0.1:{port}: "
+        "Address already in use; pick another KEY_DAEMON_PORT, or set "
+        "KEY_DAEMON_API=false"
+    )
+    assert not (torro.cwd / "keys").exists()
+    assert not (torro.cwd / "keys.master-key").exists()
+
+
+def test_a_host_that_is_no_address_is_a_bad_setting(torro: "Torro") -> None:
+    outcome = torro.run(
+        "daemon", "run",
+        env={"KEY_DAEMON_API": "true", "KEY_DAEMON_HOST": "999.1.1.1"},
+    )
+    assert outcome.code == 2
+    last = outcome.stderr.splitlines()[-1]
+    assert last.startswith(
+        "torro: error: the HTTP API cannot listen on 999.1.1.1:3001: "
+        "KEY_DAEMON_HOST=999.1.1.1 is not an address of this machine"
+    )
+    assert not (torro.cwd / "keys").exists()
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.create_server(("::1", 0), family=socket.AF_INET6):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+def test_an_ipv6_address_is_logged_as_a_url(
+    api_factory: Callable[..., "ApiDaemon"],
+) -> None:
+    """The logged URL puts an IPv6 address in brackets, so it can be
+    pasted into curl as it is."""
+    api = api_factory(KEY_DAEMON_HOST="::1")
+    assert api.url.startswith("http://[::1]:")
+    assert api.get("/api/daemon/status").status_code == 200
