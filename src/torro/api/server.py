@@ -34,7 +34,8 @@ def listen(settings: Settings) -> socket.socket:
     one line, with nothing on disk created or changed.
 
     :raises DaemonError: when the address cannot be listened on.
-    :raises ConfigError: when the TLS certificate or key cannot be used.
+    :raises ConfigError: when the host is no address, or the TLS
+        certificate or key cannot be used.
     """
     if settings.tls_cert is not None and settings.tls_key is not None:
         check_tls(settings.tls_cert, settings.tls_key)
