@@ -327,6 +327,9 @@ class DaemonIntegration:
     ) -> str:
         """Sign a license with the current key (see torro.licenses).
 
+        The store is looked at first (a stat of its main files), so that
+        a key rotated or reset away by another process is never used.
+
         :param subject: who holds the license.
         :param expires: when it stops being valid, seconds since the
             epoch.
@@ -337,6 +340,9 @@ class DaemonIntegration:
         """
         from torro import licenses
 
+        # never sign with a key another process retired a moment ago
+        if self._view().changed_on_disk():
+            self._reload()
         return licenses.issue_license(
             licenses.StoreKeyRing(self._view()),
             subject=subject,

@@ -1,6 +1,7 @@
 """Starting the API: where it listens, and a start that cannot listen."""
 
 import socket
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,10 @@ import pytest
 if TYPE_CHECKING:
     from api_daemon import ApiDaemon
     from runner import Torro
+
+# Seconds a stop may take with connections open: the server's graceful
+# wait (torro.api.server.GRACEFUL_STOP) and room for a busy machine.
+STOP_WITHIN = 6.0
 
 
 def test_a_port_in_use_stops_the_start_before_the_store_is_made(
@@ -63,3 +68,22 @@ def test_an_ipv6_address_is_logged_as_a_url(
     api = api_factory(KEY_DAEMON_HOST="::1")
     assert api.url.startswith("http://[::1]:")
     assert api.get("/api/daemon/status").status_code == 200
+
+
+def test_idle_and_half_sent_connections_do_not_hold_up_a_stop(
+    api_factory: Callable[..., "ApiDaemon"],
+) -> None:
+    """A client that sends half a request line and waits, and one idle on
+    keep-alive, do not keep SIGTERM from ending the daemon promptly."""
+    api = api_factory()
+    host, port = api.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as half, \
+            socket.create_connection((host, int(port))) as idle:
+        half.sendall(b"GET /api/daemon/status HTTP/1.1\r\n")
+        idle.sendall(
+            b"GET /api/daemon/status HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        assert idle.recv(12) == b"HTTP/1.1 200"
+        started = time.monotonic()
+        assert api.stop() == 0
+        assert time.monotonic() - started < STOP_WITHIN

@@ -85,9 +85,9 @@ def test_parse_token_file_reads_roles_and_skips_bad_lines() -> None:
 def test_find_entry_matches_by_hash_and_compares_every_entry(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """find_entry returns the first entry with the hash, or None, and
-    compares against every entry whatever matched, so the time taken
-    does not tell which entry matched."""
+    """find_entry returns the entry with the hash, or None, and compares
+    against every entry whatever matched, so the time taken does not
+    tell which entry matched."""
     entries = [
         TokenEntry(READ, digest("first")),
         TokenEntry(FULL, digest("second")),
@@ -108,6 +108,14 @@ def test_find_entry_matches_by_hash_and_compares_every_entry(
     assert find_entry(digest("third"), entries) is None
     assert find_entry(digest("first"), []) is None
     assert len(compared) == 6
+
+
+def test_a_token_listed_with_both_roles_is_read_only() -> None:
+    """Adding a read line for a full token downgrades it, in whichever
+    order the lines come: the lesser role wins."""
+    full, read = TokenEntry(FULL, digest("t")), TokenEntry(READ, digest("t"))
+    assert find_entry(digest("t"), [full, read]) is read
+    assert find_entry(digest("t"), [read, full]) is read
 
 
 def test_create_token_appends_a_hash_line_to_a_0600_file(

@@ -21,6 +21,8 @@ from torro.errors import ConfigError, DaemonError
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
+# Seconds a stop waits for requests in flight before closing connections.
+GRACEFUL_STOP = 2
 # Connections the kernel queues before the server accepts them.
 BACKLOG = 2048
 
@@ -92,6 +94,8 @@ class ApiServer:
             # The client address is the TCP peer (see torro.api.limits):
             # uvicorn would otherwise take X-Forwarded-For from loopback.
             proxy_headers=False,
+            # idle or half-sent connections do not hold up a stop
+            timeout_graceful_shutdown=GRACEFUL_STOP,
             **tls,
         )
         self._server = uvicorn.Server(config)

@@ -26,9 +26,6 @@ from torro.store.keystore import StoreView
 # A key still current this many rotation intervals after it fell due is
 # overdue: the daemon is unhealthy.
 OVERDUE_INTERVALS = 2
-# Seconds between two looks, from a request, for a change another process
-# made to the store (a `torro daemon rotate`, a reset, damage).
-SYNC_INTERVAL = 0.25
 # Seconds between two full reads of the store by GET status: damage to a
 # record that leaves the main files alone shows only then.
 VERIFY_INTERVAL = 10.0
@@ -128,7 +125,6 @@ class DaemonService:
         self.daemon = daemon
         self.lock = threading.Lock()
         self.started = time.time()
-        self._synced = 0.0
         self._verified = 0.0
         # The JWK Set of the last view asked for, by that view.
         self._jwks: tuple[StoreView, dict[str, Any]] | None = None
@@ -144,10 +140,10 @@ class DaemonService:
     def sync(self, *, verify: bool = False) -> None:
         """Catch up with changes to the store made by another process.
 
-        The rotation loop looks once per sleep interval; a request looks
-        too, at most every :data:`SYNC_INTERVAL`, so that the API never
-        signs with or accepts a key another process has retired. On a
-        change the loop's own pass runs here (see
+        The rotation loop looks once per sleep interval; every request
+        looks too (a stat of the store's main files), so that the API
+        never signs with or accepts a key another process has retired.
+        On a change the loop's own pass runs here (see
         :meth:`KeyRotationDaemon.tick`): it reloads, reports damage
         once, and rotates if a key fell due. With ``verify``, every
         :data:`VERIFY_INTERVAL` the whole store is read again.
@@ -157,15 +153,11 @@ class DaemonService:
         """
         now = time.monotonic()
         full = verify and now - self._verified >= VERIFY_INTERVAL
-        if not full and now - self._synced < SYNC_INTERVAL:
-            return
         if not full and not self.store.changed_on_disk():
-            self._synced = now
             return
         if not self.lock.acquire(blocking=False):
             return
         try:
-            self._synced = now
             if full:
                 self._verified = now
                 self.store.invalidate()

@@ -202,10 +202,14 @@ def find_entry(
     """Return the entry of a token's hash, comparing in constant time.
 
     Every entry is compared, whatever matched before, so that the time
-    taken tells nothing about which entry matched, if any.
+    taken tells nothing about which entry matched, if any. A token listed
+    with both roles has the lesser one: a ``read`` line added to
+    downgrade a token does downgrade it.
     """
     found = None
     for entry in entries:
-        if secrets.compare_digest(entry.digest, digest) and found is None:
+        if secrets.compare_digest(entry.digest, digest) and (
+            found is None or entry.role == READ
+        ):
             found = entry
     return found

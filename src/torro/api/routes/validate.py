@@ -58,7 +58,8 @@ def validate_key(call: Call) -> KeyCheck:
     if _HEX.fullmatch(body.key) is None:
         raise ApiError(
             400,
-            "key must be an even number of hex digits (0-9, a-f)",
+            "key must be an even number of hex digits (0-9, a-f, in "
+            "either case)",
             "invalid_key",
         )
     match = call.service.find_key(bytes.fromhex(body.key))
