@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from torro.api.server import listen
+from torro.config import load_settings
+
 if TYPE_CHECKING:
     from api_daemon import ApiDaemon
     from runner import Torro
@@ -87,3 +90,17 @@ def test_idle_and_half_sent_connections_do_not_hold_up_a_stop(
         started = time.monotonic()
         assert api.stop() == 0
         assert time.monotonic() - started < STOP_WITHIN
+
+
+def test_accepted_connections_send_replies_without_delay() -> None:
+    """Replies leave as written (TCP_NODELAY): without it, a reply in two
+    writes waits for the client's delayed ACK, some 40 ms a request."""
+    settings = load_settings({"KEY_DAEMON_PORT": "0"}, env_file=None)
+    with listen(settings) as listener:
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.getsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_NODELAY
+                ) != 0
