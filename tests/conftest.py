@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import campaign
 import pytest
 from fakes import FakeClock
 from runner import FAST_SETTINGS, Torro, clean_environ
@@ -78,3 +79,25 @@ def master() -> MasterKey:
 def root(tmp_path: Path) -> Path:
     """Where a test's key store goes (created by the store itself)."""
     return tmp_path / "keys"
+
+
+# -- the reliability campaign's table --------------------------------------
+
+@pytest.fixture
+def tally(request: pytest.FixtureRequest) -> campaign.Tally:
+    """A row of the campaign's table, named after the test's scenario."""
+    marker = request.node.get_closest_marker("scenario")
+    name = marker.args[0] if marker else request.node.name
+    row = campaign.Tally(name)
+    campaign.TALLIES.append(row)
+    return row
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter,
+) -> None:
+    if not campaign.TALLIES:
+        return
+    terminalreporter.section("reliability campaign")
+    for line in campaign.table():
+        terminalreporter.write_line(line)
