@@ -13,7 +13,9 @@ recovery of the previous crash. After each kill:
   history.json, the backup current or one rotation behind;
 * no complete record seen after an earlier kill is lost or changed, and
   all fingerprints differ (no index lost or repeated);
-* ``torro keys verify`` exits 0 and says ok;
+* ``torro keys verify`` exits 0 and says ok, or names a file of backup/
+  as missing when the kill landed while the backup was rewritten (the
+  next start writes it again);
 * the next start recovers: it reports the newest complete record as its
   current key, logs no integrity problem, and removes the temporary files
   the kill left behind.
