@@ -137,7 +137,7 @@ class DaemonService:
     def view(self) -> StoreView:
         return self.store.view
 
-    def sync(self, *, verify: bool = False) -> None:
+    def sync(self, *, verify: bool = False, wait: bool = False) -> None:
         """Catch up with changes to the store made by another process.
 
         The rotation loop looks once per sleep interval; every request
@@ -148,14 +148,16 @@ class DaemonService:
         once, and rotates if a key fell due. With ``verify``, every
         :data:`VERIFY_INTERVAL` the whole store is read again.
 
-        While a pass runs elsewhere (a rotation in flight), nothing is
-        done: that pass publishes a fresh view when it ends.
+        While a pass runs elsewhere (a rotation in flight, or another
+        request catching up), nothing is done, unless ``wait``: that pass
+        publishes a fresh view when it ends. Requests that sign or
+        reveal a key wait for it; checks do not.
         """
         now = time.monotonic()
         full = verify and now - self._verified >= VERIFY_INTERVAL
         if not full and not self.store.changed_on_disk():
             return
-        if not self.lock.acquire(blocking=False):
+        if not self.lock.acquire(blocking=wait):
             return
         try:
             if full:
@@ -165,7 +167,9 @@ class DaemonService:
         finally:
             self.lock.release()
 
-    def read(self, use: Callable[[StoreView], T]) -> T:
+    def read(
+        self, use: Callable[[StoreView], T], *, fresh: bool = False
+    ) -> T:
         """Call ``use`` with a view of the key store that can serve.
 
         A view can go stale while it is used: a rotation may prune a key
@@ -173,10 +177,12 @@ class DaemonService:
         is no longer the latest is therefore tried once more with the
         latest view.
 
+        :param fresh: wait for a pass in flight before reading (see
+            :meth:`sync`), for a request that signs or reveals a key.
         :raises Unavailable: when the store is damaged or holds no key.
         :raises StoreError: when a record cannot be read.
         """
-        self.sync()
+        self.sync(wait=fresh)
         view = self._serving_view()
         try:
             return use(view)

@@ -142,7 +142,7 @@ def current_key(call: Call) -> KeyInfo:
         assert view.current is not None
         return _info(view, view.current, call.caller)
 
-    return call.service.read(reveal)
+    return call.service.read(reveal, fresh=True)
 
 
 def key(call: Call) -> KeyInfo:
@@ -159,7 +159,7 @@ def key(call: Call) -> KeyInfo:
             raise _not_found(view, index)
         return _info(view, record, call.caller)
 
-    return call.service.read(reveal)
+    return call.service.read(reveal, fresh=True)
 
 
 def history(call: Call) -> History:
@@ -197,7 +197,7 @@ def history(call: Call) -> History:
             pages=-(-len(indexes) // per_page),
         )
 
-    return call.service.read(list_page)
+    return call.service.read(list_page, fresh=True)
 
 
 ENDPOINTS = [

@@ -128,7 +128,7 @@ def issue(call: Call) -> IssuedLicense:
         return token, kid, algorithm
 
     try:
-        token, kid, algorithm = call.service.read(sign)
+        token, kid, algorithm = call.service.read(sign, fresh=True)
     except (TypeError, ValueError) as exc:
         raise ApiError(422, str(exc)) from None
     security_log.info(
