@@ -1,7 +1,8 @@
 """The API application: its routes, errors, limits and OpenAPI document.
 
-Built on Starlette alone: FastAPI would add some 8 MB to the daemon's
-resident memory, which the API's budget has no room for. Endpoints are
+Built on Starlette alone: importing FastAPI as well adds some 5 MB to
+the daemon's resident memory, which the API's budget (64 MB, with 46
+as the aim) has little room for. Endpoints are
 declared as data (torro.api.endpoints), and the OpenAPI document,
 served at ``/openapi.json``, is generated from the same declarations
 (torro.api.openapi).
