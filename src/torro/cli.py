@@ -8,7 +8,6 @@ none holds logic of its own. Errors meant for the operator print one line,
 import json
 import logging
 import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -700,7 +699,7 @@ def _run(entry: Callable[..., Any], argv: list[str] | None) -> int:
         # system log holds it whatever the level
         system_log.error(
             "unexpected error in the CLI: %s",
-            "".join(traceback.format_exception(exc)).rstrip("\n"),
+            logs.traceback_text(exc),
         )
         system_file = logs.log_file(logs.SYSTEM)
         advice = "this is a bug: please report it with this line" \

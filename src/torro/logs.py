@@ -39,6 +39,7 @@ import stat
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import TextIO
 
@@ -111,6 +112,15 @@ def redact(text: str) -> str:
         if secret in text:
             text = text.replace(secret, REDACTED)
     return text
+
+
+def traceback_text(error: BaseException) -> str:
+    """Return the traceback of ``error`` as text, for a log message.
+
+    Logged in the message rather than with ``exc_info``, it is kept
+    whatever the level.
+    """
+    return "".join(traceback.format_exception(error)).rstrip("\n")
 
 
 def one_line(text: str) -> str:

@@ -26,7 +26,6 @@ the rule it broke, not the value.
 """
 
 import logging
-import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -171,7 +170,7 @@ class InternalErrorMiddleware:
                 "unexpected error in the API on %s %s: %s",
                 scope.get("method"),
                 scope.get("path"),
-                "".join(traceback.format_exception(exc)).rstrip("\n"),
+                logs.traceback_text(exc),
             )
             if started:
                 raise
