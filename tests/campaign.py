@@ -1,11 +1,12 @@
 """The tally of the reliability campaign, printed as one table.
 
-Each scenario test reports what it did through the ``campaign`` fixture
+Each scenario test reports what it did through the ``tally`` fixture
 (tests/conftest.py); at the end of the run, pytest prints every report
-as a row: scenario, trials, faults injected, survived, data lost. The
-plain suite runs a short version of each scenario, so the table appears
-there too, with smaller figures; ``pytest -m campaign`` runs the long
-ones.
+as a row: scenario, trials, faults injected, survived, data lost, and
+the secrets sweeps run after it with the secrets they found (leaks.py).
+The plain suite runs a short version of each scenario, so the table
+appears there too, with smaller figures; ``pytest -m campaign`` runs the
+long ones.
 """
 
 import dataclasses
@@ -19,6 +20,8 @@ class Tally:
     :param faults: faults injected (kills, full disks, flipped bytes).
     :param survived: trials after which every check held.
     :param lost: keys lost or repeated indexes, over all trials.
+    :param sweeps: secrets sweeps run (tests/leaks.py).
+    :param secrets: secrets the sweeps found where they should not be.
     """
 
     scenario: str
@@ -26,6 +29,8 @@ class Tally:
     faults: int = 0
     survived: int = 0
     lost: int = 0
+    sweeps: int = 0
+    secrets: int = 0
 
 
 TALLIES: list[Tally] = []
@@ -34,10 +39,11 @@ TALLIES: list[Tally] = []
 def table() -> list[str]:
     """Return the campaign's table, a line a scenario."""
     header = ("scenario", "trials", "faults injected", "survived",
-              "data lost")
+              "data lost", "sweeps", "secrets found")
     rows = [
         (tally.scenario, str(tally.trials), str(tally.faults),
-         str(tally.survived), str(tally.lost))
+         str(tally.survived), str(tally.lost), str(tally.sweeps),
+         str(tally.secrets))
         for tally in TALLIES
     ]
     widths = [

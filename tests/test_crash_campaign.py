@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import leaks
 import pytest
 
 if TYPE_CHECKING:
@@ -407,6 +408,13 @@ def test_sigkill_during_rotation_loses_and_repeats_nothing(
         assert set(logged) <= set(range(top + 1)), where
         assert not problem_lines(cwd, security_before), where
         assert "Traceback" not in stderr_path.read_text(), where
+
+        # no secret in what the daemon and the commands let out
+        texts = [stderr_path.read_text()]
+        texts += [outcome.stdout + outcome.stderr
+                  for outcome in torro.outcomes]
+        leaks.sweep(tally, texts=texts, logs=cwd / "logs", store=keys,
+                    master_key_file=cwd / "keys.master-key")
     finally:
         lost = len(set(known) - set(read_disk(keys).records))
         print(kills.line(seed, survived, lost, max(known, default=-1) + 1,

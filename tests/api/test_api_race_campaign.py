@@ -34,8 +34,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import leaks
 import pytest
-from api_daemon import FULL_TOKEN, ApiDaemon
+from api_daemon import FULL_TOKEN, READ_TOKEN, ApiDaemon
 
 if TYPE_CHECKING:
     import campaign
@@ -76,6 +77,8 @@ class Reports:
         self.indexes: list[tuple[int, str]] = []  # (index, writer)
         self.refused: list[tuple[str, str]] = []  # (writer, message)
         self.attempts = 0
+        # every reply and output, for the secrets sweep
+        self.texts: list[str] = []
 
     def rotated(self, index: int, writer: str) -> None:
         with self.lock:
@@ -92,6 +95,7 @@ def check_cli_run(run: dict[str, object], writer: str,
                   reports: Reports) -> None:
     """Record one `torro daemon rotate`: a rotation or a clean refusal."""
     code, stdout, stderr = run["code"], str(run["stdout"]), str(run["stderr"])
+    reports.texts.append(stdout + stderr)
     assert "Traceback" not in stderr, f"{writer}: {stderr}"
     if code == 0:
         lines = stdout.splitlines()
@@ -114,6 +118,7 @@ def force_rotations(api: ApiDaemon, deadline: float, reports: Reports,
     try:
         while time.monotonic() < deadline:
             reply = api.post("/api/daemon/force-rotation", FULL_TOKEN)
+            reports.texts.append(f"{reply.headers}\n{reply.text}")
             if reply.status_code == 200:
                 reports.rotated(reply.json()["index"], "api")
             elif reply.status_code == 503:
@@ -231,3 +236,11 @@ def test_cli_and_api_rotations_at_once_lose_and_repeat_nothing(
     assert status.status_code == 200, status.text
     assert status.json()["current_index"] == top, status.json()
     assert api.process.poll() is None, "the daemon died"
+
+    reports.texts.append(status.text)
+    reports.texts += [outcome.stdout + outcome.stderr
+                      for outcome in torro.outcomes]
+    leaks.sweep(tally, texts=reports.texts, logs=torro.cwd / "logs",
+                store=torro.cwd / "keys",
+                master_key_file=torro.cwd / "keys.master-key",
+                tokens=[FULL_TOKEN, READ_TOKEN])
