@@ -114,8 +114,8 @@ class Kills:
             f"window [temp files {self.temp}, pending record "
             f"{self.pending}, current.json behind {self.stale_current}, "
             f"backup behind {self.stale_backup}, backup missing "
-            f"{self.missing_backup}], {survived} starts recovered, {lost} keys "
-            f"lost, {rotations} rotations, {elapsed:.1f} s"
+            f"{self.missing_backup}], {survived} starts recovered, "
+            f"{lost} keys lost, {rotations} rotations, {elapsed:.1f} s"
         )
 
 
@@ -326,6 +326,7 @@ def test_sigkill_during_rotation_loses_and_repeats_nothing(
                 daemon = torro.popen(
                     "daemon", "run", env=CRASH_SETTINGS,
                     stdout=subprocess.DEVNULL, stderr=stderr,
+                    preexec_fn=lambda: os.umask(0),
                 )
             if not early:
                 torro.wait_until(
@@ -367,7 +368,7 @@ def test_sigkill_during_rotation_loses_and_repeats_nothing(
             check_after_kill(disk, known, kills, where)
             expected_current = max(disk.records, default=0)
 
-            verified = torro.run("keys", "verify", env=CRASH_SETTINGS)
+            verified = torro.run("keys", "verify", env=CRASH_SETTINGS, umask=0)
             if disk.backup_current is None or disk.backup_history is None:
                 # documented: "missing: the next rotation or start writes
                 # it again"; the next start is checked to do so
@@ -385,14 +386,14 @@ def test_sigkill_during_rotation_loses_and_repeats_nothing(
         # a last writer recovers the last kill and leaves a clean store
         where = f"seed {seed}, after the last kill"
         security_before = len(log_text(cwd, "security.log"))
-        rotated = torro.run("daemon", "rotate", env=CRASH_SETTINGS)
+        rotated = torro.run("daemon", "rotate", env=CRASH_SETTINGS, umask=0)
         assert rotated.code == 0, f"{where}: {rotated.stderr}"
         assert rotated.stdout.startswith(
             f"rotated to key {expected_current + 1} "
         ), f"{where}: {rotated.stdout}"
         top = check_clean_store(keys, known, where)
         assert top == expected_current + 1, where
-        verified = torro.run("keys", "verify", env=CRASH_SETTINGS)
+        verified = torro.run("keys", "verify", env=CRASH_SETTINGS, umask=0)
         assert verified.code == 0, f"{where}: {verified.stderr}"
         assert verified.stdout == (
             f"ok: {top + 1} keys verified, chain intact, current key {top}\n"
@@ -415,6 +416,8 @@ def test_sigkill_during_rotation_loses_and_repeats_nothing(
                   for outcome in torro.outcomes]
         leaks.sweep(tally, texts=texts, logs=cwd / "logs", store=keys,
                     master_key_file=cwd / "keys.master-key")
+        # every process ran under umask 000
+        leaks.check_modes(keys, cwd / "logs", cwd / "keys.master-key")
     finally:
         lost = len(set(known) - set(read_disk(keys).records))
         print(kills.line(seed, survived, lost, max(known, default=-1) + 1,
