@@ -37,6 +37,10 @@ T = TypeVar("T")
 
 # How much lower (in nice steps) a background derivation runs.
 DERIVATION_NICENESS = 10
+# A rotation that keeps failing (a full disk) is logged as an error once
+# per rotation interval, and at least this often (ms); the attempts in
+# between at debug level.
+FAILURE_REPORT_MAX_MS = 3_600_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +148,10 @@ class KeyRotationDaemon:
         self._subscribers: list[Subscriber] = []
         self._reported: str | None = None
         self._known_current: int | None = None
+        # failed attempts in a row, and when the last was logged as an
+        # error (time.monotonic())
+        self._failed_attempts = 0
+        self._failure_reported_at: float | None = None
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback`` with the record of each new current key.
@@ -278,21 +286,21 @@ class KeyRotationDaemon:
                 return None
             self._reported = None
             if not self.is_due(now):
+                self._end_failures()
                 return None
-            return self.rotate(now=now)
+            rotation = self.rotate(now=now)
+            self._end_failures()
+            return rotation
         except KeyValidationError as exc:
             # rotate() has told the security log.
             self._count_failure(exc)
             log.warning("rotation failed, next cycle retries: %s", exc)
         except TorroError as exc:
             self._count_failure(exc)
-            system_log.error("rotation failed, next cycle retries: %s", exc)
+            self._report_failure(exc)
         except Exception as exc:
             self._count_failure(exc)
-            system_log.error(
-                "rotation failed unexpectedly, next cycle retries",
-                exc_info=exc,
-            )
+            self._report_failure(exc, unexpected=True)
         return None
 
     def _rotate_locked(self, now: int) -> Rotation:
@@ -388,6 +396,53 @@ class KeyRotationDaemon:
     def _count_failure(self, exc: BaseException) -> None:
         self.stats.failed_rotations += 1
         self.stats.last_error = str(exc) or type(exc).__name__
+
+    def _report_failure(
+        self, exc: Exception, *, unexpected: bool = False
+    ) -> None:
+        """Log a failed rotation: at once, then once per cycle while it
+        lasts.
+
+        A failure that lasts (a full disk, a file size limit) fails every
+        wake-up. Its first attempt is an error line, and so is the first
+        attempt of each rotation interval after it (at least one an hour),
+        with the count of attempts; the attempts in between are logged at
+        debug level, so a short sleep interval does not flood the log.
+        """
+        self._failed_attempts += 1
+        attempts = self._failed_attempts
+        moment = time.monotonic()
+        period = min(
+            self.policy.rotation_interval_ms, FAILURE_REPORT_MAX_MS
+        ) / 1000
+        reported = self._failure_reported_at
+        if reported is not None and moment - reported < period:
+            system_log.debug(
+                "rotation failed again (attempt %d), next cycle retries: %s",
+                attempts, exc,
+            )
+            return
+        self._failure_reported_at = moment
+        what = "rotation failed" if attempts == 1 \
+            else f"rotation still failing after {attempts} attempts"
+        if unexpected:
+            system_log.error(
+                "%s unexpectedly, next cycle retries", what, exc_info=exc
+            )
+        else:
+            system_log.error("%s, next cycle retries: %s", what, exc)
+
+    def _end_failures(self) -> None:
+        """Say that rotation works again after failed attempts."""
+        if self._failed_attempts:
+            current = self.store.current
+            system_log.info(
+                "rotation works again after %d failed attempts, key %s is "
+                "current", self._failed_attempts,
+                "none" if current is None else current.index,
+            )
+        self._failed_attempts = 0
+        self._failure_reported_at = None
 
     def _report_once(self, what: str, message: str) -> None:
         """Log why rotation is stopped, once for as long as it lasts."""

@@ -165,6 +165,36 @@ def destroy_file(path: Path) -> bool:
     return True
 
 
+def withdraw_file(path: Path) -> bool:
+    """Rename a file out of sight, flush its directory, then destroy it.
+
+    For a file that readers may be looking at, such as the record of a
+    rotation being undone: a reader never finds it zeroed at its own name,
+    not even after a power loss; a crash before it is destroyed leaves a
+    temporary file, which the next writer removes. Once out of sight the
+    file goes even when it cannot be overwritten (a file size limit lowered
+    below its size): overwriting is best effort (:func:`destroy_file`).
+
+    :returns: False when the file did not exist.
+    """
+    hidden = path.with_name(
+        f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    )
+    try:
+        os.rename(path, hidden)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    sync_directory(path.parent)
+    try:
+        destroy_file(hidden)
+    except StoreError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(hidden)
+    return True
+
+
 def remove_temp_files(directory: Path) -> list[Path]:
     """Remove the temporary files a crashed writer left in ``directory``."""
     removed = []

@@ -641,7 +641,8 @@ class KeyStore:
                         self.retired_fingerprints,
                     ))
                 files.sync_directory(self.root)
-            files.destroy_file(record_path)
+            # out of sight first: a reader must not find it zeroed
+            files.withdraw_file(record_path)
         except (StoreError, OSError) as exc:
             system_log.error(
                 "could not undo the failed rotation (%s): the next writer "
@@ -758,6 +759,12 @@ class KeyStore:
         for path in (self.current_path, self.backup_dir / "current.json"):
             record = self._intact(path, None)
             if record is not None:
+                spares.append(record)
+        # A record swapped or renamed into another's file is still an
+        # intact copy of its own key.
+        for index, path in self.layout.record_files().items():
+            record = self._intact(path, None)
+            if record is not None and record.index != index:
                 spares.append(record)
         return spares
 
