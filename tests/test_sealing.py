@@ -310,7 +310,9 @@ def test_read_master_key_file_rejects_anything_else(
 
     assert str(caught.value) == (
         f"master key file {path} must hold exactly 64 hex characters "
-        "(one 32-byte key), optionally followed by a newline"
+        "(one 32-byte key), optionally followed by a newline: put the "
+        "store's master key back from your copy, or point "
+        "KEY_DAEMON_MASTER_KEY_FILE at it"
     )
 
 

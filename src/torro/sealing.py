@@ -163,7 +163,9 @@ def read_master_key_file(path: Path) -> MasterKey:
     if _MASTER_KEY_HEX.fullmatch(text) is None:
         raise MasterKeyError(
             f"master key file {path} must hold exactly 64 hex characters "
-            f"(one 32-byte key), optionally followed by a newline"
+            "(one 32-byte key), optionally followed by a newline: put the "
+            "store's master key back from your copy, or point "
+            "KEY_DAEMON_MASTER_KEY_FILE at it"
         )
     data = bytes.fromhex(text.decode("ascii"))
     mode = stat.S_IMODE(status.st_mode)

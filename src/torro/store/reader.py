@@ -90,6 +90,16 @@ class StoreReader:
             path = str(self.layout.current_path)
             try:
                 current = self.parse(path, current_data, None)
+                if current.master_key_id != self.sealer.master_key_id \
+                        and self._verifies_elsewhere(history_data, paths):
+                    # the master key is right: current.json is wrong
+                    raise IntegrityError(
+                        path,
+                        f"names master key id {current.master_key_id}, not "
+                        "the one that wrote the rest of the store (the "
+                        "record was edited or replaced)",
+                        "run torro keys restore",
+                    )
                 self.check_master_key(path, current)
                 self.verify_record(path, current)
                 self.open_record(path, current)
@@ -179,6 +189,33 @@ class StoreReader:
                 " or KEY_DAEMON_MASTER_KEY to this store's master key; "
                 "nothing was changed"
             )
+
+    def _verifies_elsewhere(
+        self, history_data: bytes | None, paths: dict[int, Path]
+    ) -> bool:
+        """Tell whether history.json or a record verifies under the
+        master key: proof that the key is this store's, so that a
+        current.json naming another one was damaged, not the key."""
+        if history_data is not None:
+            try:
+                self.parse_history(
+                    str(self.layout.history_path), history_data
+                )
+                return True
+            except IntegrityError:
+                pass
+        for index in sorted(paths, reverse=True):
+            data = files.read_file(paths[index])
+            if data is None:
+                continue
+            try:
+                record = self.parse(str(paths[index]), data, None)
+                self.verify_record(str(paths[index]), record)
+            except IntegrityError:
+                continue
+            if record.master_key_id == self.sealer.master_key_id:
+                return True
+        return False
 
     def _judge_without_history(
         self, found: Snapshot, missing: bool

@@ -9,10 +9,14 @@ them and returns a :class:`RestorePlan`; the key store carries it out
 
 The rules, in order:
 
-1. The listing is the newer of history.json and backup/history.json that
-   verify under the master key; the retired fingerprints of both count.
+1. The listing is whichever of history.json and backup/history.json,
+   among those that verify under the master key, names the most keys
+   that have an intact copy (another store's copy, sealed under the same
+   master key, names none), the newer of the two when they name as many;
+   the retired fingerprints of both count.
 2. A listed key is kept when a copy of it with the listed checksum opens:
-   its own file first, else current.json or backup/current.json. A listed
+   its own file first, else current.json, backup/current.json or another
+   record file that holds it (records swapped or renamed). A listed
    key with no such copy is lost, and stays listed as lost, so that an
    intact copy that comes back later is taken back, never removed.
 3. A record newer than the listing is kept while it chains on to the
@@ -63,16 +67,22 @@ def plan_restore(
     """Weigh what survives of a store; return None when nothing does.
 
     :param records: the records of history/ that verify and open.
-    :param spares: current.json and backup/current.json, when they verify
-        and open.
+    :param spares: current.json, backup/current.json and records found
+        under another record's file name, when they verify and open.
     :param listings: history.json and backup/history.json, parsed and
         verified (see StoreReader.parse_history).
     """
     retired: set[str] = set()
     for listing in listings:
         retired.update(listing["retiredFingerprints"])
-    listing = max(listings, key=lambda item: item["current"], default=None)
     candidates = _candidates(records, spares)
+    # The listing the surviving copies bear out: a copy of another store
+    # under the same master key verifies too, but lists none of them.
+    listing = max(
+        listings,
+        key=lambda item: (_support(item, candidates), item["current"]),
+        default=None,
+    )
     if listing is None:
         if not candidates:
             return None
@@ -137,6 +147,16 @@ def plan_restore(
         lowest=min(listing["keys"]),
         next_index=max(listing["nextIndex"], max(kept) + 1),
         retired=retired,
+    )
+
+
+def _support(
+    listing: dict[str, Any], candidates: dict[int, list[KeyRecord]]
+) -> int:
+    """Count the keys ``listing`` names that have an intact copy."""
+    return sum(
+        1 for index, checksum in listing["keys"].items()
+        if any(c.checksum == checksum for c in candidates.get(index, []))
     )
 
 
