@@ -124,7 +124,8 @@ class DaemonService:
         self.store = store
         self.daemon = daemon
         self.lock = threading.Lock()
-        self.started = time.time()
+        # on the monotonic clock: a wall clock step moves no uptime
+        self.started = time.monotonic()
         self._verified = 0.0
         # The JWK Set of the last view asked for, by that view.
         self._jwks: tuple[StoreView, dict[str, Any]] | None = None
@@ -311,6 +312,6 @@ class DaemonService:
                 else round((now - current.timestamp) / 1000, 3)
             ),
             "history_size": len(view.records),
-            "uptime_seconds": round(time.time() - self.started, 3),
+            "uptime_seconds": round(time.monotonic() - self.started, 3),
             "next_rotation": self.daemon.next_rotation(),
         }
