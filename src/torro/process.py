@@ -100,11 +100,77 @@ def read_daemon_pid(path: Path) -> int | None:
         for _ in range(50):
             text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
             if text.isdigit():
-                return int(text)
+                return _lock_holder(fd, int(text))
             time.sleep(0.01)
-        return -1
+        return _lock_holder(fd, -1)
     finally:
         os.close(fd)
+
+
+def _lock_holder(fd: int, named: int) -> int:
+    """Return the PID of the process that holds the lock on ``fd``'s file.
+
+    ``named`` is the number in the file. It is trusted when that process
+    has the file open, as the daemon that wrote it has. Otherwise the
+    number is not the daemon's: someone wrote another one into the file,
+    or a daemon starting over a stale PID file has not written its own
+    yet. The holder is then looked up in /proc/locks, so that no
+    unrelated process is reported as the daemon or signalled.
+
+    :returns: the holder's PID; ``named`` where /proc cannot tell; -1
+        when the holder cannot be found.
+    """
+    held = os.fstat(fd)
+    opened = _has_open(named, held) if named > 0 else False
+    if opened is None or opened:
+        return named
+    for pid in _flock_holders(held.st_ino):
+        if pid != os.getpid() and _has_open(pid, held):
+            return pid
+    return -1
+
+
+def _has_open(pid: int, file: os.stat_result) -> bool | None:
+    """Tell whether ``pid`` has ``file`` open; None when /proc cannot say.
+    """
+    directory = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        # no such process, or no /proc at all
+        return False if os.path.isdir("/proc/self/fd") else None
+    except OSError:
+        # another user's process
+        return None
+    for name in names:
+        try:
+            found = os.stat(f"{directory}/{name}")
+        except OSError:
+            continue
+        if (found.st_dev, found.st_ino) == (file.st_dev, file.st_ino):
+            return True
+    return False
+
+
+def _flock_holders(inode: int) -> list[int]:
+    """Return the PIDs /proc/locks names as holding a lock on ``inode``.
+    """
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            lines = f.readlines()
+    except OSError:
+        return []
+    holders = []
+    for line in lines:
+        # "1: FLOCK  ADVISORY  WRITE 4550 fe:00:2466713 0 EOF"; waiters
+        # are marked "->" and hold nothing
+        fields = line.split()
+        if len(fields) < 6 or fields[1] == "->":
+            continue
+        where = fields[5].rsplit(":", 1)
+        if fields[4].isdigit() and where[-1] == str(inode):
+            holders.append(int(fields[4]))
+    return holders
 
 
 def remove_stale_pid_file(path: Path) -> bool:

@@ -163,7 +163,9 @@ async def _json_body(request: Request) -> Any:
             400, "the body is empty: send a JSON object", "malformed_json"
         )
     try:
-        return json.loads(data)
+        # strictly UTF-8 (RFC 8259): json.loads on bytes would also take
+        # UTF-16 and UTF-32, and surrogates encoded in UTF-8
+        return json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError):
         raise ApiError(
             400, "the body is not valid JSON", "malformed_json"

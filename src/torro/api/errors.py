@@ -8,6 +8,8 @@ the rule it broke, not the value.
 =====  ==========================  ========================================
  400   ``malformed_json``          the body is not JSON
  400   ``invalid_key``             a key that is not hex digits
+ 400   ``bad_request``             not HTTP/1.1 at all (answered by the
+                                   server, torro.api.server)
  401   ``unauthorized``            no Authorization header, or not Bearer
  403   ``forbidden``               wrong token, read-only token on a full
                                    endpoint, or no token configured

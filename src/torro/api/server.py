@@ -7,6 +7,7 @@ not hold up requests.
 """
 
 import errno
+import json
 import logging
 import os
 import socket
@@ -104,6 +105,8 @@ class ApiServer:
             proxy_headers=False,
             # idle or half-sent connections do not hold up a stop
             timeout_graceful_shutdown=GRACEFUL_STOP,
+            # a request that is not HTTP is answered in the error shape
+            http=_json_error_protocol(),
             **tls,
         )
         self._server = uvicorn.Server(config)
@@ -152,6 +155,45 @@ class ApiServer:
         except BaseException as exc:
             self._failure = _reason(exc)
             system_log.error("HTTP API stopped: %s", self._failure)
+
+
+def _json_error_protocol() -> type[Any]:
+    """Return uvicorn's HTTP/1.1 protocol, its 400 answer made JSON.
+
+    A request that h11 cannot parse (a request line or header that is
+    not HTTP, headers too long to buffer, a broken chunk) never reaches
+    the application: uvicorn answers it 400 in plain text. This one
+    answers ``{"error": {"code": "bad_request", ...}}`` like every
+    other error.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from torro.api.errors import error_body
+
+    body = json.dumps(error_body(
+        "bad_request",
+        "the request is not valid HTTP/1.1: check its request line, "
+        "headers and body framing",
+    ), separators=(",", ":")).encode()
+
+    class JsonErrorH11Protocol(H11Protocol):  # type: ignore[misc]
+        def send_400_response(self, msg: str) -> None:
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ]
+            for event in (
+                h11.Response(status_code=400, headers=headers,
+                             reason=b"Bad Request"),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            ):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return JsonErrorH11Protocol
 
 
 def _reason(exc: BaseException) -> BaseException:
