@@ -15,16 +15,18 @@ nodes no longer have the ``_nodeid`` that schemathesis 4.32 sets.)
 
 One daemon serves the whole module, with a rate limit out of the way;
 forced rotations and resets change its store as they come, and the
-last test proves it still runs, healthy. The ``campaign`` tests, left
-out by default (``pytest -m campaign`` runs them), send some 5000
-requests.
+last test proves it still runs, healthy, that no reply or log holds a
+secret, and reports the count to the campaign's table. The ``campaign``
+tests, left out by default (``pytest -m campaign`` runs them), send some
+5000 requests.
 """
 
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import leaks
 import pytest
 import schemathesis
 from api_daemon import FULL_TOKEN, READ_TOKEN, ApiDaemon, start_api
@@ -45,6 +47,9 @@ from torro.api.openapi import build_document
 from torro.api.routes import all_endpoints
 from torro.manager import iso_time
 from torro.material import KeyMaterial
+
+if TYPE_CHECKING:
+    import campaign
 
 CHECKS = [
     not_a_server_error,
@@ -107,22 +112,47 @@ def daemon(
         runner.kill_leftovers()
 
 
+# What the generated requests got back, for the campaign's table and its
+# secrets sweep: the count, and the replies that should hold no secret.
+SENT = [0]
+REPLIES: list[str] = []
+# The operations that answer with a key, to a full token, on purpose.
+REVEALING = {"/api/daemon/current-key", "/api/daemon/key/{index}"}
+
+
+def _note(case: Case, reply: Any) -> None:
+    """Count a reply; keep its text unless it may reveal a key."""
+    SENT[0] += 1
+    if case.operation.path not in REVEALING:
+        REPLIES.append(json.dumps(dict(reply.headers)) + reply.text)
+
+
 def _call_and_validate(case: Case, daemon: ApiDaemon) -> None:
     """Send ``case`` with each of :data:`TOKENS`; check every answer."""
     for token in TOKENS:
         headers = daemon.headers(token) if token else None
-        case.call_and_validate(
+        _note(case, case.call_and_validate(
             base_url=daemon.url, headers=headers, checks=CHECKS
-        )
+        ))
 
 
-def _assert_healthy(daemon: ApiDaemon) -> None:
-    """The daemon still runs and its store still serves."""
+def _assert_healthy(daemon: ApiDaemon, tally: "campaign.Tally") -> None:
+    """The daemon still runs and its store still serves; no reply and no
+    log holds a secret. Reports the requests sent to the campaign's
+    table (each was checked as it was answered)."""
+    tally.trials = tally.faults = tally.survived = SENT[0]
+    assert SENT[0] > 0, "no generated request ran before this test"
     assert daemon.process.poll() is None, "the daemon exited"
     answer = daemon.get("/api/daemon/status")
     assert answer.status_code == 200, answer.text
     assert answer.json()["healthy"] is True
     assert "unexpected error" not in daemon.log("system.log")
+    leaks.sweep(
+        tally, texts=REPLIES, logs=daemon.cwd / "logs",
+        store=daemon.cwd / "keys",
+        master_key_file=daemon.cwd / "keys.master-key",
+        tokens=[FULL_TOKEN, READ_TOKEN],
+    )
 
 
 def test_served_document_is_the_one_tested(daemon: ApiDaemon) -> None:
@@ -213,6 +243,7 @@ def _check_issued(case: Case, daemon: ApiDaemon) -> None:
     issued = case.call_and_validate(
         base_url=daemon.url, headers=daemon.headers(), checks=CHECKS
     )
+    _note(case, issued)
     if not _issuable(body, current):
         assert issued.status_code in (413, 422), issued.text
         return
@@ -229,6 +260,7 @@ def _check_issued(case: Case, daemon: ApiDaemon) -> None:
     }
     check = VALIDATE.Case(body={"license": issued.json()["license"]})
     checked = check.call_and_validate(base_url=daemon.url, checks=CHECKS)
+    _note(check, checked)
     not_before = body.get("not_before")
     if not_before is not None and not_before > time.time():
         assert checked.json()["reason"] == "not_yet_valid"
@@ -266,13 +298,17 @@ def test_issued_licenses_campaign(case: Case, daemon: ApiDaemon) -> None:
     _check_issued(case, daemon)
 
 
-def test_daemon_survives(daemon: ApiDaemon) -> None:
+@pytest.mark.scenario("hostile input: generated requests")
+def test_daemon_survives(daemon: ApiDaemon, tally: "campaign.Tally") -> None:
     """After every generated request, resets included, the daemon runs,
     is healthy and logged no unexpected error."""
-    _assert_healthy(daemon)
+    _assert_healthy(daemon, tally)
 
 
 @pytest.mark.campaign
-def test_daemon_survives_campaign(daemon: ApiDaemon) -> None:
+@pytest.mark.scenario("hostile input: generated requests")
+def test_daemon_survives_campaign(
+    daemon: ApiDaemon, tally: "campaign.Tally"
+) -> None:
     """As test_daemon_survives, after the campaign."""
-    _assert_healthy(daemon)
+    _assert_healthy(daemon, tally)
