@@ -93,6 +93,7 @@ def test_variable_names_in_documentation_order() -> None:
         "KEY_DAEMON_VALIDATION_ENABLED",
         "KEY_DAEMON_INTEGRITY_CHECK",
         "KEY_DAEMON_LOG_LEVEL",
+        "KEY_DAEMON_LOG_FORMAT",
         "KEY_DAEMON_LOG_DIR",
         "KEY_DAEMON_PID_FILE",
         "KEY_DAEMON_ENCRYPTION",

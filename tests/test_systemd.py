@@ -6,6 +6,7 @@ specifies (newline-separated NAME=value lines in one datagram).
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,13 +42,31 @@ def test_ready_watchdog_and_stopping_reach_the_socket(
     }
     notifier.watchdog()
     assert received(manager_socket) == {"WATCHDOG": "1"}
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     notifier.reloading()
-    assert received(manager_socket) == {"RELOADING": "1"}
+    reloading = received(manager_socket)
+    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    assert reloading.keys() == {"RELOADING", "MONOTONIC_USEC"}
+    assert reloading["RELOADING"] == "1"
+    assert before <= int(reloading["MONOTONIC_USEC"]) <= after
     notifier.stopping()
     assert received(manager_socket) == {
         "STOPPING": "1", "STATUS": "stopping",
     }
     assert notifier.watchdog_interval == 15.0
+
+
+def test_a_status_stays_one_line(
+    manager_socket: socket.socket,
+) -> None:
+    notifier = Notifier(manager_socket.getsockname())
+    # a failed start's message names a path that holds a line break
+    notifier.status("cannot read /srv/keys\nREADY=1/\udcff")
+    assert manager_socket.recv(4096) == (
+        b"STATUS=cannot read /srv/keys READY=1/?"
+    )
+    notifier.ready("ready\nWATCHDOG=1")
+    assert received(manager_socket)["STATUS"] == "ready WATCHDOG=1"
 
 
 def test_abstract_socket_name() -> None:

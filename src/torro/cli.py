@@ -52,7 +52,8 @@ def _settings() -> Settings:
 
 
 def _with_logs(settings: Settings) -> Settings:
-    logs.configure_logging(settings.log_dir, settings.log_level)
+    logs.configure_logging(settings.log_dir, settings.log_level,
+                           log_format=settings.log_format)
     return settings
 
 

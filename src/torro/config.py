@@ -19,7 +19,8 @@ absolute, so that it ends in a name of its own.
 :func:`load_pid_file` reads and checks ``KEY_DAEMON_PID_FILE`` alone, so
 that a running daemon can be stopped while another setting is bad.
 
-Loading looks at no file but ``.env``. :func:`check_store_paths` and
+Loading looks at no file but ``.env``, and at whether systemd passed the
+master key as a credential. :func:`check_store_paths` and
 :func:`check_files` then check the settings against what is on disk,
 creating nothing: the first before a key store is opened, the second
 for ``torro config check``.
@@ -54,9 +55,12 @@ from torro.sealing import parse_master_key, read_master_key_file
 
 MASTER_KEY_VARIABLE = "KEY_DAEMON_MASTER_KEY"
 MASTER_KEY_FILE_VARIABLE = "KEY_DAEMON_MASTER_KEY_FILE"
+# The systemd credential holding the master key (LoadCredential=).
+MASTER_KEY_CREDENTIAL = "master-key"
 
 ALGORITHMS = ("sha256", "sha384", "sha512")
 LOG_LEVELS = ("debug", "info", "warn", "error")
+LOG_FORMATS = ("text", "json")
 
 _TRUE_WORDS = frozenset({"true", "1", "yes"})
 _FALSE_WORDS = frozenset({"false", "0", "no"})
@@ -171,6 +175,8 @@ class Settings(BaseSettings):
         validation_alias="KEY_DAEMON_INTEGRITY_CHECK",
     )
     log_level: str = Field("info", validation_alias="KEY_DAEMON_LOG_LEVEL")
+    # Lines of text, or one JSON object per line for log shippers.
+    log_format: str = Field("text", validation_alias="KEY_DAEMON_LOG_FORMAT")
     log_dir: Path = Field(Path("logs"), validation_alias="KEY_DAEMON_LOG_DIR")
     pid_file: Path = Field(
         Path("torro-daemon.pid"),
@@ -280,6 +286,14 @@ class Settings(BaseSettings):
             if level in LOG_LEVELS:
                 return level
         raise ValueError("is not a log level: use debug, info, warn or error")
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _check_log_format(cls, value: Any) -> str:
+        """Accept a log format in any case; store it lower-case."""
+        if isinstance(value, str) and value.strip().lower() in LOG_FORMATS:
+            return value.strip().lower()
+        raise ValueError("is not a log format: use text or json")
 
     @field_validator(*_PATH_KINDS, mode="before")
     @classmethod
@@ -461,6 +475,9 @@ def load_settings(
 ) -> Settings:
     """Read and check the settings.
 
+    With no master key set, a master key credential from systemd is used
+    as the master key file (:func:`_take_master_key_credential`).
+
     :param environ: the environment to read; None means ``os.environ``.
     :param env_file: a ``.env`` file, relative to the working directory at
         call time; it may be missing. None means read no file. Its values
@@ -468,7 +485,40 @@ def load_settings(
     :raises ConfigError: a value is invalid (the first in documentation
         order is reported), or the ``.env`` file cannot be read or parsed.
     """
-    return _checked_settings(_gather(variable_names(), environ, env_file))
+    values = _gather(variable_names(), environ, env_file)
+    _take_master_key_credential(
+        values, os.environ if environ is None else environ
+    )
+    return _checked_settings(values)
+
+
+def _take_master_key_credential(
+    values: dict[str, str], environ: Mapping[str, str]
+) -> None:
+    """Use systemd's master key credential when no master key is set.
+
+    A unit with ``LoadCredential=master-key:<file>`` hands the daemon a
+    private copy at ``$CREDENTIALS_DIRECTORY/master-key``. When neither
+    master key variable is set (in the environment or ``.env``) and that
+    file exists, it becomes ``KEY_DAEMON_MASTER_KEY_FILE``, and is checked
+    as that setting is, outside the key store included.
+    """
+    names = (MASTER_KEY_VARIABLE, MASTER_KEY_FILE_VARIABLE)
+    if any(values.get(name, "").strip() for name in names):
+        return
+    directory = environ.get("CREDENTIALS_DIRECTORY", "")
+    if not directory:
+        return
+    credential = os.path.join(directory, MASTER_KEY_CREDENTIAL)
+    try:
+        os.stat(credential)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError:
+        # there but not readable: reading it names the problem, rather
+        # than a master key silently made beside the store
+        pass
+    values[MASTER_KEY_FILE_VARIABLE] = credential
 
 
 def load_pid_file(

@@ -20,6 +20,19 @@ with a UTC timestamp, one of the levels DEBUG, INFO, WARN and ERROR, and
 the message with line breaks escaped. An attached exception adds its type
 and message; its traceback is added only when the level is debug.
 
+In the ``json`` format (:data:`LOG_FORMATS`), for log shippers, the same
+event is one JSON object on one line::
+
+    {"time": "2026-12-03T12:58:21.123Z", "level": "WARN",
+     "channel": "security", "message": "...", "pid": 4242}
+
+``channel`` is ``rotation``, ``security`` or ``system`` (the file is
+``key-daemon.log``, ``security.log`` or ``system.log``). An attached
+exception adds ``error_type`` and ``error`` (its message), and at the
+debug level ``traceback``; fields a caller passes with ``extra=`` are
+added under their own names. Every string in the object is redacted as a
+text line is.
+
 The log directory is created 0700 and the files 0600, whatever the umask.
 An existing log file we own is made 0600 when it is opened; an existing
 directory is left as it is, with a warning in ``system.log`` when group
@@ -32,8 +45,10 @@ Secrets registered with :func:`register_secret` are replaced by
 must still never log key material.
 """
 
+import json
 import logging
 import logging.handlers
+import math
 import os
 import stat
 import sys
@@ -56,6 +71,9 @@ CHANNEL_FILES = {
     SECURITY: "security.log",
     SYSTEM: "system.log",
 }
+
+# The line formats of KEY_DAEMON_LOG_FORMAT: LineFormatter, JsonFormatter.
+LOG_FORMATS = ("text", "json")
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -84,6 +102,23 @@ _ESCAPES.update(
         0x2029: "\\u2029",
     }
 )
+
+# Characters JSON allows unescaped in a string that some line readers
+# take for a line break (or that are invisible), escaped all the same.
+_JSON_ESCAPES = {
+    code: f"\\u{code:04x}" for code in (0x7F, 0x85, 0x2028, 0x2029)
+}
+
+# The channel field of a JSON line, by logger name.
+_CHANNEL_NAMES = {
+    ROTATION: "rotation",
+    SECURITY: "security",
+    SYSTEM: "system",
+}
+# Attributes every LogRecord has; any other was passed with extra=.
+_RECORD_ATTRIBUTES = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None))
+) | {"message", "asctime", "taskName"}
 
 _lock = threading.Lock()
 # Longest first, so that a secret containing another is hidden whole.
@@ -175,9 +210,6 @@ class LineFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """Return the line for ``record``, without a line break."""
-        moment = time.gmtime(record.created)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", moment)
-        millis = min(int(record.msecs), 999)
         text = record.getMessage()
         if record.exc_info and record.exc_info[1] is not None:
             error = record.exc_info[1]
@@ -188,8 +220,52 @@ class LineFormatter(logging.Formatter):
                 text += " | " + self.formatException(record.exc_info)
         if record.stack_info and self.tracebacks:
             text += " | " + self.formatStack(record.stack_info)
-        line = f"{stamp}.{millis:03d}Z {_level_name(record.levelno)} {text}"
+        line = f"{_utc_stamp(record)} {_level_name(record.levelno)} {text}"
         return one_line(redact(line))
+
+
+class JsonFormatter(LineFormatter):
+    """Format a record as one JSON object on one line, for log shippers.
+
+    The fields are ``time``, ``level``, ``channel``, ``message`` and
+    ``pid``; ``error_type``, ``error`` and (when :attr:`tracebacks` is
+    set) ``traceback`` for an attached exception, and ``stack`` for
+    ``stack_info``; and any field passed with ``extra=``. Every string
+    is redacted before it is encoded, so a secret is hidden whatever
+    JSON escaping would make of it.
+
+    :param tracebacks: add the traceback of an attached exception, as
+        the debug level does.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return the JSON line for ``record``, without a line break."""
+        document: dict[str, object] = {
+            "time": _utc_stamp(record),
+            "level": _level_name(record.levelno),
+            "channel": _channel_name(record.name),
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            document["error_type"] = type(error).__name__
+            document["error"] = str(error)
+            if self.tracebacks:
+                document["traceback"] = self.formatException(
+                    record.exc_info
+                )
+        if record.stack_info and self.tracebacks:
+            document["stack"] = self.formatStack(record.stack_info)
+        for name, value in vars(record).items():
+            if name not in _RECORD_ATTRIBUTES and not name.startswith("_"):
+                document.setdefault(name, _plain(value))
+        line = json.dumps(
+            _redacted(document),
+            ensure_ascii=False,
+            default=str,
+        )
+        return line.translate(_JSON_ESCAPES)
 
 
 class _QuietHandlerMixin:
@@ -284,23 +360,32 @@ class _EchoHandler(_QuietHandlerMixin, logging.StreamHandler):
         return "stderr"
 
 
-def configure_logging(log_dir: Path, level: str, echo: bool = False) -> None:
+def configure_logging(
+    log_dir: Path,
+    level: str,
+    echo: bool = False,
+    log_format: str = "text",
+) -> None:
     """Send the three channels to their files under ``log_dir``.
 
     Calling it again replaces the handlers installed before, so a reload
-    can change the directory or level without duplicating lines.
+    can change the directory, level or format without duplicating lines.
 
     :param log_dir: created 0700 (with its parents) if missing; the mode
         of an existing directory is left alone, with a warning in
         ``system.log`` if group or others may write to it.
     :param level: debug, info, warn (or warning) or error.
     :param echo: also write every event to stderr, as the foreground
-        daemon does.
+        daemon does (in the same format).
+    :param log_format: ``text`` (:class:`LineFormatter`) or ``json``
+        (:class:`JsonFormatter`).
     :raises ConfigError: the directory or a file cannot be created.
-    :raises ValueError: ``level`` is not a level name.
+    :raises ValueError: ``level`` is not a level name, or ``log_format``
+        not a format.
     """
     level_number = _level_number(level)
-    formatter = LineFormatter(tracebacks=level_number <= logging.DEBUG)
+    formatter_class = _formatter_class(log_format)
+    formatter = formatter_class(tracebacks=level_number <= logging.DEBUG)
     loose_mode = _ensure_log_dir(log_dir)
 
     # open every new file before touching the installed handlers, so a
@@ -401,6 +486,64 @@ def _level_number(level: str) -> int:
         raise ValueError(
             f"unknown log level {level!r}: use debug, info, warn or error"
         ) from None
+
+
+def _formatter_class(log_format: str) -> type[LineFormatter]:
+    """Return the formatter of a format name in any case."""
+    name = log_format.strip().lower() if isinstance(log_format, str) else ""
+    if name == "json":
+        return JsonFormatter
+    if name == "text":
+        return LineFormatter
+    raise ValueError(
+        f"unknown log format {log_format!r}: use text or json"
+    )
+
+
+def _utc_stamp(record: logging.LogRecord) -> str:
+    """Return the record's time as ISO 8601 UTC with milliseconds."""
+    moment = time.gmtime(record.created)
+    millis = min(int(record.msecs), 999)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", moment) + f".{millis:03d}Z"
+
+
+def _channel_name(logger_name: str) -> str:
+    """Return the channel a logger writes to: rotation, security, system.
+
+    A logger below a channel's (``torro.security.x``) belongs to it;
+    another logger is named as it is.
+    """
+    for name, channel in _CHANNEL_NAMES.items():
+        if logger_name == name or logger_name.startswith(name + "."):
+            return channel
+    return logger_name
+
+
+def _plain(value: object) -> object:
+    """Return an ``extra=`` value as JSON can hold it: text otherwise."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN or infinity
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    return str(value)
+
+
+def _redacted(value: object) -> object:
+    """Return ``value`` with every registered secret hidden in its text.
+    """
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    if isinstance(value, dict):
+        return {
+            redact(str(key)): _redacted(item) for key, item in value.items()
+        }
+    return value
 
 
 def _level_name(level_number: int) -> str:

@@ -6,6 +6,11 @@ PID file, its signals and its loop. The loop wakes every sleep interval
 acts on the signals received meanwhile. Signal handlers only record the
 signal: SIGTERM and SIGINT let a rotation in flight finish before the loop
 ends, SIGHUP reopens the log files and reloads the configuration.
+
+Under systemd (``Type=notify``) the manager also tells the service
+manager how the daemon is doing, through :class:`~torro.systemd.Notifier`:
+READY=1 once the store is loaded and the API listens, WATCHDOG=1 from the
+loop, RELOADING=1 and READY=1 around a SIGHUP, STOPPING=1 when it stops.
 """
 
 import dataclasses
@@ -25,6 +30,7 @@ from torro.errors import KeyValidationError, StoreError, TorroError
 from torro.api.service import DaemonService
 from torro.rotation import KeyRotationDaemon, RotationPolicy
 from torro.store import KeyStore, open_store, store_is_empty
+from torro.systemd import Notifier
 
 
 # Settings a running daemon can take on at SIGHUP; the others need a
@@ -61,6 +67,8 @@ class DaemonManager:
     :param ready: called with "ready" once the store is loaded, or with
         "error: ..." when the start failed.
     :param reload: returns fresh settings on SIGHUP.
+    :param notifier: where systemd is told how the daemon is doing; by
+        default the one the environment names, if any.
     """
 
     def __init__(
@@ -70,11 +78,14 @@ class DaemonManager:
         echo: bool = True,
         ready: Callable[[str], None] = process.report_ready,
         reload: Callable[[], Settings] = load_settings,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.echo = echo
         self.ready = ready
         self.reload = reload
+        self.notifier = notifier if notifier is not None \
+            else Notifier.from_environment()
         self.store: KeyStore | None = None
         self.daemon: KeyRotationDaemon | None = None
         self.service: DaemonService | None = None
@@ -83,6 +94,8 @@ class DaemonManager:
         self._wake = threading.Event()
         self._stop_signal: int | None = None
         self._reload_requested = False
+        # time.monotonic() at which the next WATCHDOG=1 is due
+        self._watchdog_due = 0.0
         self._pid_file = process.PidFile(settings.pid_file)
 
     def run(self) -> int:
@@ -97,10 +110,11 @@ class DaemonManager:
         self._install_signal_handlers()
         try:
             logs.configure_logging(settings.log_dir, settings.log_level,
-                                   self.echo)
+                                   self.echo, settings.log_format)
             self._pid_file.acquire()
         except TorroError as exc:
             self.ready(f"error: {exc}")
+            self.notifier.status(f"daemon did not start: {exc}")
             raise
         try:
             try:
@@ -108,9 +122,13 @@ class DaemonManager:
             except TorroError as exc:
                 system_log.error("daemon did not start: %s", exc)
                 self.ready(f"error: {exc}")
+                self.notifier.status(f"daemon did not start: {exc}")
                 raise
-            self.ready(self._ready_message())
+            message = self._ready_message()
+            self.ready(message)
+            self.notifier.ready(message)
             self._loop()
+            self.notifier.stopping()
             self._stop_server()
             # logged before the PID file goes, so that `torro daemon stop`
             # returns only once the line is written
@@ -208,11 +226,45 @@ class DaemonManager:
                 self.daemon.tick()
             if self._stop_signal is not None:
                 break
-            self._wake.wait(self._sleep_seconds(passed))
-            self._wake.clear()
+            self._nap(self._sleep_seconds(passed))
             if self._reload_requested:
                 self._reload_requested = False
+                self.notifier.reloading()
                 self._apply_reload()
+                self.notifier.ready(self._ready_message())
+
+    def _nap(self, seconds: float) -> None:
+        """Wait ``seconds``, or until a signal; feed the watchdog meanwhile.
+
+        The watchdog is fed from the loop's own thread, between passes:
+        a loop that hangs starves it, and systemd restarts the daemon.
+        """
+        deadline = time.monotonic() + seconds
+        while True:
+            until_feed = self._feed_watchdog()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if until_feed is not None:
+                left = min(left, until_feed)
+            if self._wake.wait(left):
+                break
+        self._wake.clear()
+
+    def _feed_watchdog(self) -> float | None:
+        """Send WATCHDOG=1 if one is due.
+
+        :returns: seconds until the next one is due, or None when systemd
+            set no watchdog.
+        """
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            return None
+        now = time.monotonic()
+        if now >= self._watchdog_due:
+            self.notifier.watchdog()
+            self._watchdog_due = now + interval
+        return self._watchdog_due - now
 
     def _sleep_seconds(self, passed: int) -> float:
         """Return how long to sleep after the pass that began at ``passed``.

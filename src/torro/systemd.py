@@ -15,6 +15,7 @@ a dozen lines of socket code.
 import logging
 import os
 import socket
+import time
 
 from torro import logs
 
@@ -64,11 +65,24 @@ class Notifier:
 
     def ready(self, status: str) -> None:
         """Say the daemon is up: store loaded, API listening."""
-        self.send(f"READY=1\nSTATUS={status}\nMAINPID={os.getpid()}")
+        self.send(
+            f"READY=1\nSTATUS={_one_line(status)}\nMAINPID={os.getpid()}"
+        )
+
+    def status(self, status: str) -> None:
+        """Show ``status`` in ``systemctl status``, saying nothing else:
+        for a start that failed, where READY=1 would mislead."""
+        self.send(f"STATUS={_one_line(status)}")
 
     def reloading(self) -> None:
-        """Say a reload (SIGHUP) began; :meth:`ready` says it ended."""
-        self.send("RELOADING=1")
+        """Say a reload (SIGHUP) began; :meth:`ready` says it ended.
+
+        ``MONOTONIC_USEC`` is the time of the reload on CLOCK_MONOTONIC,
+        as sd_notify(3) asks, so that systemd can tell this reload from
+        one it requested later.
+        """
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send(f"RELOADING=1\nMONOTONIC_USEC={usec}")
 
     def watchdog(self) -> None:
         """Feed the watchdog: the rotation loop is alive."""
@@ -93,7 +107,8 @@ class Notifier:
             address = "\0" + address[1:]
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-                sock.sendto(message.encode("utf-8"), address)
+                # "replace": a path from the file system may not be UTF-8
+                sock.sendto(message.encode("utf-8", "replace"), address)
         except OSError as exc:
             if not self._failed:
                 self._failed = True
@@ -104,3 +119,12 @@ class Notifier:
             return False
         self._failed = False
         return True
+
+
+def _one_line(text: str) -> str:
+    """Return ``text`` with line breaks as spaces.
+
+    A line break would end the STATUS= line, and a path or message could
+    then pass for another notification, such as READY=1.
+    """
+    return " ".join(text.splitlines())
