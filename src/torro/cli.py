@@ -658,6 +658,40 @@ def license_verify(ctx: click.Context, token: str, as_json: bool) -> None:
     )
 
 
+# -- shell completion ----------------------------------------------------
+
+# Shells whose completion scripts click writes.
+COMPLETION_SHELLS = ("bash", "zsh", "fish")
+
+
+def _complete_shell(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[str]:
+    return [name for name in COMPLETION_SHELLS if name.startswith(incomplete)]
+
+
+@cli.command("completion")
+@click.argument("shell", metavar="SHELL", shell_complete=_complete_shell)
+def completion(shell: str) -> None:
+    """Print the tab-completion script for SHELL: bash, zsh or fish.
+
+    Load it from the shell's start-up file, for instance
+    eval "$(torro completion bash)" in ~/.bashrc. The script asks torro
+    itself for each completion (click's _TORRO_COMPLETE protocol), so it
+    follows the installed version.
+    """
+    from click.shell_completion import get_completion_class
+
+    complete = get_completion_class(shell)
+    if shell not in COMPLETION_SHELLS or complete is None:
+        raise click.UsageError(
+            f"unknown shell {shell!r}: choose bash, zsh or fish"
+        )
+    click.echo(
+        complete(cli, {}, "torro", "_TORRO_COMPLETE").source(), nl=False
+    )
+
+
 # -- entry point -------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> NoReturn:

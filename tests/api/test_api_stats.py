@@ -40,6 +40,9 @@ METRICS = {
     "torro_history_size": "gauge",
     "torro_uptime_seconds": "gauge",
     "torro_healthy": "gauge",
+    "torro_rotation_interval_seconds": "gauge",
+    "torro_store_integrity_ok": "gauge",
+    "torro_build_info": "gauge",
 }
 
 
@@ -103,7 +106,7 @@ def test_stats_report_rotations_timings_and_sizes(api: ApiDaemon) -> None:
 
 
 def test_metrics_match_stats_and_hold_no_key(api: ApiDaemon) -> None:
-    """/metrics is public Prometheus text with the daemon's ten metrics,
+    """/metrics is public Prometheus text with the daemon's metrics,
     each equal to what stats and the store say (healthy is 1), and no
     run of any retained key's hex digits."""
     force_rotations(api, 2)

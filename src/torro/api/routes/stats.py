@@ -5,12 +5,27 @@ text format for a scraper. Neither holds key material; the metrics are
 public, like a health check.
 
 Metrics, from a registry of the daemon's own (never the process-wide
-default one): ``torro_rotations_total``,
-``torro_rotation_failures_total``, ``torro_last_rotation_duration_seconds``,
-``torro_last_rotation_timestamp_seconds``,
-``torro_next_rotation_timestamp_seconds``, ``torro_current_key_index``,
-``torro_current_key_age_seconds``, ``torro_history_size``,
-``torro_uptime_seconds`` and ``torro_healthy`` (1 or 0).
+default one), named for dashboards and alert rules
+(deploy/prometheus/torro-alerts.yml uses them):
+
+- counters, since the daemon started: ``torro_rotations_total``,
+  ``torro_rotation_failures_total``;
+- the current key: ``torro_last_rotation_timestamp_seconds`` (when it
+  was made: the last successful rotation, by any process),
+  ``torro_current_key_age_seconds``, ``torro_current_key_index``,
+  ``torro_next_rotation_timestamp_seconds``;
+- the schedule as configured now (a SIGHUP may change it):
+  ``torro_rotation_interval_seconds``;
+- the store: ``torro_history_size`` (keys retained) and
+  ``torro_store_integrity_ok`` (0 when the store failed its integrity
+  check, else 1);
+- the daemon: ``torro_healthy`` (1 when GET /api/daemon/status answers
+  200, else 0), ``torro_last_rotation_duration_seconds``,
+  ``torro_uptime_seconds`` and ``torro_build_info`` (1, labelled with
+  the version).
+
+A figure that does not exist yet (no key, no rotation by this daemon)
+is left out rather than reported as 0.
 
 prometheus-client is imported on the first scrape, not at start-up.
 """
@@ -21,6 +36,7 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.responses import Response
 
+from torro import __version__
 from torro.api.endpoints import READ, Call, Endpoint
 from torro.api.service import DaemonService
 from torro.manager import iso_time
@@ -106,9 +122,13 @@ class StatsCollector:
         )
 
         service = self.service
+        # health first: it may reload the store, and every figure below
+        # is then read from the same, freshest view
+        health = service.health()
         figures = service.stats()
         current = service.view.current
         due = figures["next_rotation"]
+        interval_ms = service.daemon.policy.rotation_interval_ms
         yield CounterMetricFamily(
             "torro_rotations",
             "Rotations made by this daemon since it started.",
@@ -127,7 +147,8 @@ class StatsCollector:
             ),
             (
                 "torro_last_rotation_timestamp_seconds",
-                "When the current key was made, seconds since the epoch.",
+                "When the current key was made (the last successful "
+                "rotation), seconds since the epoch.",
                 None if current is None else current.timestamp / 1000,
             ),
             (
@@ -142,13 +163,23 @@ class StatsCollector:
             ),
             (
                 "torro_current_key_age_seconds",
-                "Age of the current key.",
+                "Seconds since the current key was made.",
                 figures["current_key_age_seconds"],
+            ),
+            (
+                "torro_rotation_interval_seconds",
+                "Seconds a key stays current (KEY_DAEMON_ROTATION_INTERVAL).",
+                interval_ms / 1000,
             ),
             (
                 "torro_history_size",
                 "Keys retained, the current key included.",
                 figures["history_size"],
+            ),
+            (
+                "torro_store_integrity_ok",
+                "0 when the key store failed its integrity check, else 1.",
+                0 if health.integrity == "failed" else 1,
             ),
             (
                 "torro_uptime_seconds",
@@ -158,12 +189,19 @@ class StatsCollector:
             (
                 "torro_healthy",
                 "1 when GET /api/daemon/status answers 200, else 0.",
-                1 if service.health().healthy else 0,
+                1 if health.healthy else 0,
             ),
         ]
         for name, documentation, value in gauges:
             if value is not None:
                 yield GaugeMetricFamily(name, documentation, value=value)
+        build = GaugeMetricFamily(
+            "torro_build_info",
+            "Always 1, labelled with the version of the running daemon.",
+            labels=["version"],
+        )
+        build.add_metric([__version__], 1)
+        yield build
 
 
 ENDPOINTS = [
