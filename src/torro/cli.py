@@ -5,10 +5,11 @@ none holds logic of its own. Errors meant for the operator print one line,
 ``torro: error: ...``, and exit non-zero; a traceback only ever means a bug.
 """
 
+import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -275,7 +276,8 @@ def keys_verify() -> None:
     """
     settings = _with_logs(_settings())
     store = open_existing_store(settings)
-    problems = store.verify()
+    with _progress_bar("verifying keys") as progress:
+        problems = store.verify(progress)
     if problems:
         for problem in problems:
             security_log.error("verify: %s", problem)
@@ -321,7 +323,8 @@ def keys_import(source: Path) -> None:
     # only now is there something to write
     _with_logs(settings)
     store = open_store(settings)
-    report = importer.write_plan(plan, store)
+    with _progress_bar("importing keys") as progress:
+        report = importer.write_plan(plan, store, progress)
     for index, reason in report.doubtful:
         click.echo(f"doubtful key {index}: {reason}")
     for name in report.ignored:
@@ -342,6 +345,79 @@ def keys_import(source: Path) -> None:
         f"{settings.max_history} archived in {store.archive_dir}; "
         f"current key {report.current_index}{next_index}"
     )
+
+
+@keys.command("rewrap")
+@click.option(
+    "--new-master-key-file",
+    "new_key_file",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The new master key: 64 hex characters, mode 0400, outside the "
+    "key store.",
+)
+def keys_rewrap(new_key_file: Path) -> None:
+    """Seal every key under a new master key (rotate the master key).
+
+    Every record (retained, archived, set aside), current.json,
+    history.json and the backup are written again under the key in
+    --new-master-key-file; indexes, fingerprints and licenses stay
+    valid. A copy is built beside the store and swapped in, so a crash
+    leaves the store under the old key or the new one, never a mix
+    that the next run cannot finish: run the same command again. Stop
+    the daemon first. When the master key is the default
+    <store>.master-key, that file gets the new key and the old one is
+    kept as <store>.master-key.old-<id>; otherwise point
+    KEY_DAEMON_MASTER_KEY_FILE at the new key before starting the
+    daemon.
+    """
+    from torro.store import rewrap
+
+    settings = _with_logs(_settings())
+    with _progress_bar("rewrapping keys") as progress:
+        result = rewrap.rewrap(settings, new_key_file, progress=progress)
+    if not result.changed:
+        click.echo(
+            f"nothing to do: the key store is sealed under the master key "
+            f"in {new_key_file} already (id {result.new_key_id})"
+        )
+    else:
+        counts = f"{result.retained} retained, {result.archived} archived"
+        if result.set_aside:
+            counts += f", {result.set_aside} set aside"
+        resumed = " (finished an interrupted rewrap)" \
+            if result.resumed else ""
+        click.echo(
+            f"rewrapped {result.retained + result.archived + result.set_aside}"
+            f" keys ({counts}) from master key id {result.old_key_id} to id "
+            f"{result.new_key_id}{resumed}"
+        )
+        if result.unsealed:
+            click.echo(
+                f"{result.unsealed} keys stay unsealed (made with "
+                "KEY_DAEMON_ENCRYPTION=false): only their checksums changed"
+            )
+    if result.default_key_file is not None:
+        kept = "" if result.old_key_copy is None else (
+            f"; the old key is kept in {result.old_key_copy}: destroy it "
+            "once no backup sealed under it is needed"
+        )
+        click.echo(
+            f"the default master key file {result.default_key_file} holds "
+            f"the new key{kept}"
+        )
+    elif settings.master_key is not None:
+        click.echo(
+            f"next: replace KEY_DAEMON_MASTER_KEY with the key in "
+            f"{new_key_file} (or set KEY_DAEMON_MASTER_KEY_FILE="
+            f"{new_key_file} instead) before starting the daemon"
+        )
+    elif settings.master_key_file is None \
+            or settings.master_key_file.resolve() != new_key_file.resolve():
+        click.echo(
+            f"next: point KEY_DAEMON_MASTER_KEY_FILE at {new_key_file} "
+            "before starting the daemon"
+        )
 
 
 @keys.command("restore")
@@ -408,6 +484,47 @@ def _plain(value: Any) -> str:
 def _stop_on_problem(store: KeyStore) -> None:
     if store.problem is not None:
         raise store.problem
+
+
+@contextlib.contextmanager
+def _progress_bar(
+    description: str,
+) -> Iterator[Callable[[int, int], None] | None]:
+    """Show a progress bar on stderr while a long pass over the keys runs.
+
+    Only a terminal gets it: when stderr is a pipe or a file, nothing is
+    added to the output, and the update function is None.
+    """
+    try:
+        terminal = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
+    if not terminal:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    console = Console(stderr=True)
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
 
 
 # -- config ------------------------------------------------------------

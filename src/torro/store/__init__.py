@@ -7,6 +7,7 @@ from torro.sealing import Sealer, resolve_master_key
 from torro.store.keystore import KeyStore, NewChainEntry, now_ms
 from torro.store.layout import store_is_empty
 from torro.store.records import KeyRecord, KeyState
+from torro.store.rewrap import refuse_unfinished as refuse_unfinished_rewrap
 
 
 __all__ = [
@@ -36,8 +37,11 @@ def open_store(
     :raises ConfigError: the storage or history path is not, and cannot
         become, a directory, or the master key file lies inside the store
         (see :func:`torro.config.check_store_paths`).
+    :raises StoreError: a master key rewrap of the store is unfinished
+        (see :mod:`torro.store.rewrap`).
     """
     check_store_paths(settings)
+    refuse_unfinished_rewrap(settings.storage_path)
     master = resolve_master_key(
         settings.master_key.get_secret_value()
         if settings.master_key is not None else None,

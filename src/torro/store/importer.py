@@ -66,6 +66,7 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -312,7 +313,11 @@ def read_source(
     )
 
 
-def write_plan(plan: ImportPlan, store: KeyStore) -> ImportReport:
+def write_plan(
+    plan: ImportPlan,
+    store: KeyStore,
+    progress: Callable[[int, int], None] | None = None,
+) -> ImportReport:
     """Write a judged source into an empty key store as one new chain.
 
     The records are written under the store lock, the newest
@@ -322,6 +327,7 @@ def write_plan(plan: ImportPlan, store: KeyStore) -> ImportReport:
     skipped record is logged as a warning, each doubtful one at info, to
     the security log.
 
+    :param progress: called with (keys written, keys to write).
     :raises StoreError: the store already holds keys, or the plan has no
         record; nothing was written.
     """
@@ -340,6 +346,7 @@ def write_plan(plan: ImportPlan, store: KeyStore) -> ImportReport:
             next_index=plan.next_index,
             retired_fingerprints=plan.retired_fingerprints,
             archived=[record.entry() for record in archived],
+            progress=progress,
         )
 
     report = ImportReport(

@@ -375,15 +375,23 @@ class KeyStore:
         self.load()
         return True
 
-    def verify(self) -> list[IntegrityError]:
+    def verify(
+        self, progress: Callable[[int, int], None] | None = None
+    ) -> list[IntegrityError]:
         """Check every record, open every key, and compare the backup.
 
+        :param progress: called with (records checked, records to check)
+            as each retained and archived record is opened.
         :returns: every problem found, the first bad record first.
         """
         self._complete_swaps()
         found = self._reader.read(checks=True)
         problems = list(found.problems)
-        for record in sorted(found.records.values(), key=_by_index):
+        records = sorted(found.records.values(), key=_by_index)
+        total = len(records) + len(self.layout.record_files(self.archive_dir))
+        for done, record in enumerate(records, 1):
+            if progress is not None:
+                progress(done, total)
             path = self.history_dir / record.file_name
             try:
                 material = self._reader.open_record(path, record)
@@ -394,7 +402,13 @@ class KeyStore:
                 problems.append(IntegrityError(
                     str(path), "key does not match its fingerprint"
                 ))
-        problems.extend(self._check_archive())
+        for done, (_, _, problem) in enumerate(
+            self._archived_records(), len(records) + 1
+        ):
+            if progress is not None:
+                progress(done, total)
+            if problem is not None:
+                problems.append(problem)
         problems.extend(self._check_backup())
         clock_problem = _clock_problem(found.current, self.clock())
         if clock_problem is not None and not found.problems:
@@ -404,18 +418,14 @@ class KeyStore:
             ))
         return problems
 
-    def _check_archive(self) -> list[IntegrityError]:
-        """Check every archived record: checksum, seal, and each link
-        between consecutive indexes (an imported chain has gaps)."""
-        problems = []
-        for index, record, problem in self._archived_records():
-            if problem is not None:
-                problems.append(problem)
-        return problems
-
     def _archived_records(
         self,
     ) -> Iterator[tuple[int, KeyRecord | None, IntegrityError | None]]:
+        """Yield each archived record, checked: checksum, seal, and each
+        link between consecutive indexes (an imported chain has gaps).
+
+        :returns: (index, record or None, problem or None) in index order.
+        """
         previous: KeyRecord | None = None
         paths = self.layout.record_files(self.archive_dir)
         for index in sorted(paths):
@@ -834,6 +844,7 @@ class KeyStore:
         retired_fingerprints: Iterable[str] = (),
         archived: list[NewChainEntry] = (),
         replaced: Path | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         """Replace the whole store with a new chain, atomically (lock held).
 
@@ -845,6 +856,7 @@ class KeyStore:
         :param entries: the retained keys, oldest first; the last becomes
             current.
         :param archived: keys that go to archive/ instead of the history.
+        :param progress: called with (keys written, keys to write).
         """
         self._require_lock()
         if not entries:
@@ -883,7 +895,8 @@ class KeyStore:
             clock=self.clock,
         )
         builder._write_new_chain(
-            entries, next_index, set(retired_fingerprints), archived
+            entries, next_index, set(retired_fingerprints), archived,
+            progress,
         )
 
         old = replaced or self.root.with_name(
@@ -908,28 +921,34 @@ class KeyStore:
         next_index: int,
         retired: set[str],
         archived: list[NewChainEntry],
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         for directory in (self.root, self.history_dir, self.backup_dir):
             files.ensure_directory(directory)
+        total = len(archived) + len(entries)
         previous: str | None = None
         if archived:
             files.ensure_directory(self.archive_dir)
-            for entry in archived:
+            for done, entry in enumerate(archived, 1):
                 record = self._entry_record(entry, previous)
                 files.write_file(
                     self.archive_dir / record.file_name, record.to_json()
                 )
                 previous = record.checksum
                 retired.add(record.fingerprint)
+                if progress is not None:
+                    progress(done, total)
             files.sync_directory(self.archive_dir)
         records: dict[int, KeyRecord] = {}
-        for entry in entries:
+        for done, entry in enumerate(entries, len(archived) + 1):
             record = self._entry_record(entry, previous)
             files.write_file(
                 self.history_dir / record.file_name, record.to_json()
             )
             records[record.index] = record
             previous = record.checksum
+            if progress is not None:
+                progress(done, total)
         files.sync_directory(self.history_dir)
         current = records[entries[-1].index]
         history = self._history_bytes(
