@@ -473,6 +473,19 @@ def test_os_error_is_an_operator_error_not_a_bug(
     assert " ERROR command failed: OSError: [Errno 36] " in line
 
 
+def test_daemon_start_tells_why_the_system_refused_it(
+    torro: "Torro",
+) -> None:
+    # Fault found by a tester: "the daemon exited with status 1; see the
+    # system log", where daemon run and daemon rotate name the file.
+    name = "k" * 300
+    started = torro.run("daemon", "start", env={"KEY_STORAGE_PATH": name})
+
+    assert (started.code, started.stdout) == (1, "")
+    assert started.stderr == f"torro: error: {name}: File name too long\n"
+    assert torro.run("daemon", "status").code == 3
+
+
 def test_unexpected_error_logs_its_traceback_at_info_level(
     here: Path,
     capsys: pytest.CaptureFixture[str],
@@ -770,6 +783,40 @@ def test_edited_record_fails_verify_and_stops_rotation(
     document = json.loads(status.stdout)
     assert document["integrity"] == "failed"
     assert "keys/history/key-1.json" in document["problem"]
+
+
+@pytest.mark.parametrize("kind", ["link to /dev/zero", "fifo"])
+def test_endless_store_file_is_named_not_read_until_memory_runs_out(
+    torro: "Torro", kind: str
+) -> None:
+    """Fault found by a tester: history.json linked to /dev/zero made
+    every command read until the OOM killer came; a FIFO made them wait
+    forever. Each now names the file and what to do, and restore mends
+    the store."""
+    cwd = torro.cwd
+    rotate(torro, 2)
+    history = cwd / "keys/history.json"
+    history.unlink()
+    if kind == "fifo":
+        os.mkfifo(history)
+        what = "is not a regular file"
+    else:
+        history.symlink_to("/dev/zero")
+        what = "is a symbolic link"
+    expected = (
+        f"keys/history.json {what}, so not a file of the key store: move "
+        "it away, then run torro keys restore"
+    )
+
+    assert one_error(torro.run("keys", "verify"), 1) == \
+        f"torro: error: {expected}"
+    assert expected in one_error(torro.run("daemon", "rotate"), 1)
+    status = torro.run("daemon", "status", "--json")
+    assert json.loads(status.stdout)["problem"].endswith(expected)
+
+    history.unlink()
+    assert torro.run("keys", "restore").code == 0
+    assert_rotates_to(torro, 2)
 
 
 def test_restore_after_losing_current_json(torro: "Torro") -> None:

@@ -22,7 +22,7 @@ from torro.config import (
     load_pid_file,
     load_settings,
 )
-from torro.errors import ConfigError, TorroError
+from torro.errors import ConfigError, TorroError, os_error_message
 from torro.manager import (
     DaemonManager,
     daemon_status,
@@ -844,7 +844,7 @@ def _run(entry: Callable[..., Any], argv: list[str] | None) -> int:
         # the environment refused something (a name too long, a full
         # disk, no permission): the operator's to fix, not a bug
         system_log.error("command failed", exc_info=exc)
-        _fail(_os_error_message(exc))
+        _fail(os_error_message(exc))
         return 1
     except Exception as exc:
         # the traceback goes into the message, not exc_info, so that the
@@ -864,17 +864,6 @@ def _run(entry: Callable[..., Any], argv: list[str] | None) -> int:
         )
         return EXIT_SOFTWARE
     return result if isinstance(result, int) else 0
-
-
-def _os_error_message(error: OSError) -> str:
-    """Return ``<filename>: <strerror>`` for an error from the system."""
-    reason = error.strerror or str(error) or type(error).__name__
-    names = [
-        str(name)
-        for name in (error.filename, error.filename2)
-        if name is not None
-    ]
-    return ": ".join([" -> ".join(names), reason] if names else [reason])
 
 
 def _fail(message: str) -> None:

@@ -3,7 +3,9 @@
 Every error raised on purpose by Torro is a :class:`TorroError`. Its message
 is one line that says what went wrong, which value or file, and what to do;
 the CLI prints it as is and exits with :attr:`TorroError.exit_code`. Anything
-else reaching the CLI is a bug.
+else reaching the CLI is a bug, except an :class:`OSError`: the system
+refused something (a name too long, a full disk, no permission), which
+:func:`os_error_message` puts in the same one-line form.
 """
 
 
@@ -69,3 +71,14 @@ class ClockError(TorroError):
 
 class DaemonError(TorroError):
     """The daemon process could not be started, found or stopped."""
+
+
+def os_error_message(error: OSError) -> str:
+    """Return ``<filename>: <strerror>`` for an error from the system."""
+    reason = error.strerror or str(error) or type(error).__name__
+    names = [
+        str(name)
+        for name in (error.filename, error.filename2)
+        if name is not None
+    ]
+    return ": ".join([" -> ".join(names), reason] if names else [reason])

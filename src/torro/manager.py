@@ -26,7 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from torro import __version__, logs, process
 from torro.config import Settings, load_settings
-from torro.errors import KeyValidationError, StoreError, TorroError
+from torro.errors import (
+    KeyValidationError,
+    StoreError,
+    TorroError,
+    os_error_message,
+)
 from torro.api.service import DaemonService
 from torro.rotation import KeyRotationDaemon, RotationPolicy
 from torro.store import KeyStore, open_store, store_is_empty
@@ -119,10 +124,15 @@ class DaemonManager:
         try:
             try:
                 self._start()
-            except TorroError as exc:
-                system_log.error("daemon did not start: %s", exc)
-                self.ready(f"error: {exc}")
-                self.notifier.status(f"daemon did not start: {exc}")
+            except (TorroError, OSError) as exc:
+                # an OSError is the system refusing something (a name too
+                # long, no permission): the operator's to fix, and the
+                # reason must reach `torro daemon start`
+                problem = exc if isinstance(exc, TorroError) \
+                    else os_error_message(exc)
+                system_log.error("daemon did not start: %s", problem)
+                self.ready(f"error: {problem}")
+                self.notifier.status(f"daemon did not start: {problem}")
                 raise
             message = self._ready_message()
             self.ready(message)

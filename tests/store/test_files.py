@@ -119,6 +119,63 @@ def test_read_file_refuses_a_directory(tmp_path: Path) -> None:
     assert str(caught.value) == f"{tmp_path} is a directory, expected a file"
 
 
+# Fault found by a tester: a store file linked to /dev/zero filled memory
+# until the OOM killer came, a FIFO blocked every command, and 300 MB of
+# padding in history.json was read whole.
+
+
+def test_read_file_refuses_a_link_to_an_endless_file(tmp_path: Path) -> None:
+    path = tmp_path / "history.json"
+    path.symlink_to("/dev/zero")
+
+    with pytest.raises(StoreError) as caught:
+        files.read_file(path)
+
+    assert str(caught.value) == (
+        f"{path} is a symbolic link, so not a file of the key store: move "
+        "it away, then run torro keys restore"
+    )
+
+
+def test_read_file_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
+    path = tmp_path / "current.json"
+    os.mkfifo(path)
+
+    with pytest.raises(StoreError) as caught:
+        files.read_file(path)
+
+    assert str(caught.value) == (
+        f"{path} is not a regular file, so not a file of the key store: "
+        "move it away, then run torro keys restore"
+    )
+
+
+def test_read_file_refuses_a_file_over_the_size_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "MAX_FILE_BYTES", 3 << 20)
+    path = tmp_path / "history.json"
+    path.write_bytes(b" " * (3 << 20) + b"{}")
+
+    with pytest.raises(StoreError) as caught:
+        files.read_file(path)
+
+    assert str(caught.value) == (
+        f"{path} is larger than 3 MiB, so not a file of the key store: "
+        "move it away, then run torro keys restore"
+    )
+
+
+def test_read_file_reads_a_file_at_the_size_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "MAX_FILE_BYTES", 200_000)
+    path = tmp_path / "history.json"
+    path.write_bytes(b"x" * 200_000)
+
+    assert files.read_file(path) == b"x" * 200_000
+
+
 def test_destroy_file_zeroes_content_before_removing(tmp_path: Path) -> None:
     path = tmp_path / "key-3.json"
     path.write_bytes(b"secret record")

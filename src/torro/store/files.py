@@ -15,6 +15,7 @@ import errno
 import os
 import secrets
 from pathlib import Path
+from stat import S_ISDIR, S_ISREG
 
 from torro.directories import make_directories
 from torro.errors import StoreError
@@ -23,6 +24,9 @@ from torro.errors import StoreError
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 TEMP_SUFFIX = ".tmp"
+# The largest store file read: history.json of 100,000 keys is about
+# 30 MiB, a record under 3 KiB.
+MAX_FILE_BYTES = 64 << 20
 
 
 def ensure_directory(path: Path) -> bool:
@@ -116,24 +120,63 @@ def sync_directory(path: Path) -> None:
 
 
 def read_file(path: Path | str) -> bytes | None:
-    """Return the content of ``path``, or None when it does not exist."""
+    """Return the content of ``path``, or None when it does not exist.
+
+    Only a regular file of at most :data:`MAX_FILE_BYTES` is read: every
+    file of the store is one, written by :func:`write_file`. Anything
+    else put in a store file's place (a link to ``/dev/zero``, a FIFO, a
+    padded copy) is reported by name instead of filling memory or
+    blocking the reader.
+
+    :raises StoreError: the name is not a regular file, the file is too
+        large, or it cannot be read.
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            chunks = []
-            while chunk := os.read(fd, 65536):
-                chunks.append(chunk)
-        finally:
-            os.close(fd)
-        return b"".join(chunks)
+        # O_NOFOLLOW: a link is refused, not followed; O_NONBLOCK: a FIFO
+        # does not block the open, and is refused below.
+        fd = os.open(
+            path,
+            os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+        )
     except FileNotFoundError:
         return None
-    except IsADirectoryError:
-        raise StoreError(f"{path} is a directory, expected a file") from None
     except OSError as exc:
-        raise StoreError(
-            f"cannot read {path}: {exc.strerror}; check its owner and mode"
-        ) from None
+        if exc.errno == errno.ELOOP:
+            raise _not_store_file(path, "a symbolic link") from None
+        raise _read_error(path, exc) from None
+    try:
+        status = os.fstat(fd)
+        if S_ISDIR(status.st_mode):
+            raise StoreError(f"{path} is a directory, expected a file")
+        if not S_ISREG(status.st_mode):
+            raise _not_store_file(path, "not a regular file")
+        chunks = []
+        size = 0
+        while chunk := os.read(fd, 65536):
+            size += len(chunk)
+            if size > MAX_FILE_BYTES:
+                raise _not_store_file(
+                    path, f"larger than {MAX_FILE_BYTES >> 20} MiB"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise _read_error(path, exc) from None
+    finally:
+        os.close(fd)
+
+
+def _not_store_file(path: Path | str, what: str) -> StoreError:
+    return StoreError(
+        f"{path} is {what}, so not a file of the key store: move it away, "
+        "then run torro keys restore"
+    )
+
+
+def _read_error(path: Path | str, exc: OSError) -> StoreError:
+    return StoreError(
+        f"cannot read {path}: {exc.strerror}; check its owner and mode"
+    )
 
 
 def destroy_file(path: Path) -> bool:
