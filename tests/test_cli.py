@@ -148,6 +148,26 @@ def test_config_check_accepts_valid_settings(torro: "Torro") -> None:
     assert os.listdir(torro.cwd) == []
 
 
+def test_config_check_warns_of_a_misspelt_setting(torro: "Torro") -> None:
+    # Fault found by a tester: a misspelt variable passed the check
+    # silently, and the default stood in for it.
+    (torro.cwd / ".env").write_text("KEY_DAEMON_LOG_LEVL=debug\n")
+    outcome = torro.run("config", "check", env={
+        "KEY_DAEMON_ROTATION_INTERVALL": "60000",
+        "KEY_DAEMON_BOGUS": "1",
+        "KEY_DAEMONS": "not ours",
+    })
+
+    assert (outcome.code, outcome.stdout) == (0, "configuration ok\n")
+    assert outcome.stderr.splitlines() == [
+        "torro: warning: KEY_DAEMON_BOGUS is not a setting and is ignored",
+        "torro: warning: KEY_DAEMON_LOG_LEVL is not a setting and is "
+        "ignored: did you mean KEY_DAEMON_LOG_LEVEL?",
+        "torro: warning: KEY_DAEMON_ROTATION_INTERVALL is not a setting "
+        "and is ignored: did you mean KEY_DAEMON_ROTATION_INTERVAL?",
+    ]
+
+
 @pytest.mark.parametrize(
     "environ",
     [

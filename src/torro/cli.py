@@ -21,6 +21,7 @@ from torro.config import (
     check_files,
     load_pid_file,
     load_settings,
+    unknown_variables,
 )
 from torro.errors import ConfigError, TorroError, os_error_message
 from torro.manager import (
@@ -542,6 +543,8 @@ def config_check() -> None:
     file is read; any problem is a bad setting and exits 2.
     """
     check_files(_settings())
+    for line in unknown_variables():
+        click.echo(f"torro: warning: {line}", err=True)
     click.echo("configuration ok")
 
 

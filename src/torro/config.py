@@ -26,6 +26,7 @@ creating nothing: the first before a key store is opened, the second
 for ``torro config check``.
 """
 
+import difflib
 import io
 import os
 import re
@@ -519,6 +520,41 @@ def _take_master_key_credential(
         # than a master key silently made beside the store
         pass
     values[MASTER_KEY_FILE_VARIABLE] = credential
+
+
+# Prefixes of Torro's variables: another name starting with one is
+# most likely a misspelt setting.
+_OUR_PREFIXES = ("KEY_DAEMON_", "KEY_STORAGE_", "KEY_HISTORY_")
+
+
+def unknown_variables(
+    environ: Mapping[str, str] | None = None,
+    env_file: Path | None = Path(".env"),
+) -> list[str]:
+    """Name each variable that looks like a setting but is none.
+
+    A misspelt setting is ignored by the loading, so the default stands
+    in silently: this says so, with the setting it most resembles.
+
+    :returns: one line per such variable, in name order.
+    """
+    names = variable_names()
+    seen = set(os.environ if environ is None else environ)
+    if env_file is not None:
+        try:
+            seen.update(_read_env_file(env_file))
+        except ConfigError:
+            pass  # loading the settings reports it
+    lines = []
+    for name in sorted(seen):
+        if not name.startswith(_OUR_PREFIXES) or name in names:
+            continue
+        line = f"{name} is not a setting and is ignored"
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.9)
+        if close:
+            line += f": did you mean {close[0]}?"
+        lines.append(line)
+    return lines
 
 
 def load_pid_file(

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from torro import __version__, logs, process
-from torro.config import Settings, load_settings
+from torro.config import Settings, load_settings, unknown_variables
 from torro.errors import (
     KeyValidationError,
     StoreError,
@@ -221,6 +221,8 @@ class DaemonManager:
             "none" if current is None else current.index,
             "on" if settings.encryption else "off",
         )
+        for line in unknown_variables():
+            system_log.warning("%s", line)
         if not settings.integrity_check:
             system_log.warning(
                 "KEY_DAEMON_INTEGRITY_CHECK is off: the chain and "
