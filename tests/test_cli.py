@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -837,6 +838,53 @@ def test_endless_store_file_is_named_not_read_until_memory_runs_out(
     history.unlink()
     assert torro.run("keys", "restore").code == 0
     assert_rotates_to(torro, 2)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
+def test_root_cli_leaves_the_daemon_users_store_alone(
+    torro: "Torro",
+) -> None:
+    """Fault found by a tester: `torro daemon rotate` run as root on the
+    store of a daemon running as its own user made root-owned 0600
+    files, which the daemon could then not read. Root is refused before
+    anything is written, and log files root creates go to the log
+    directory's owner."""
+    cwd = torro.cwd
+    rotate(torro, 2)
+    nobody = pwd.getpwnam("nobody")
+    for path in [cwd / "keys", *(cwd / "keys").rglob("*")]:
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    shutil.rmtree(cwd / "logs", ignore_errors=True)
+    (cwd / "logs").mkdir(mode=0o700)
+    os.chown(cwd / "logs", nobody.pw_uid, nobody.pw_gid)
+    before = tree_digest(cwd / "keys")
+
+    line = one_error(torro.run("daemon", "rotate"), 1)
+    assert line == (
+        "torro: error: the key store keys belongs to nobody, and "
+        "this command runs as root: run it as nobody (for instance with "
+        "sudo -u nobody), so that the daemon can read what it writes"
+    )
+    assert tree_digest(cwd / "keys") == before
+    assert {path.stat().st_uid for path in (cwd / "keys").rglob("*")} \
+        == {nobody.pw_uid}
+    logged = list((cwd / "logs").iterdir())
+    assert logged and {path.stat().st_uid for path in logged} \
+        == {nobody.pw_uid}
+
+    # reading is no writing: root may still look
+    assert torro.run("keys", "verify").code == 0
+
+    # a store not made yet is judged by the directory it would go in
+    os.chown(cwd, nobody.pw_uid, nobody.pw_gid)
+    line = one_error(torro.run(
+        "daemon", "rotate", env={"KEY_STORAGE_PATH": "other"}
+    ), 1)
+    assert line.startswith(
+        f"torro: error: {cwd}, where the key store other would be made, "
+        "belongs to nobody, and this command runs as root"
+    )
+    assert not (cwd / "other").exists()
 
 
 def test_restore_after_losing_current_json(torro: "Torro") -> None:

@@ -33,7 +33,7 @@ LOGROTATE = shutil.which("logrotate") or (
 )
 SNIPPET = Path(__file__).resolve().parents[1] / "deploy/logrotate/torro"
 # What the snippet names, and what the test puts in its place.
-SNIPPET_LOG_GLOB = "/var/log/torro/*.log"
+SNIPPET_LOG_DIR = "/var/log/torro/"
 SNIPPET_PID_FILE = "/var/lib/torro/torro-daemon.pid"
 SNIPPET_USER = "su torro torro"
 
@@ -65,7 +65,7 @@ def logrotate_config(log_dir: Path, pid_file: Path) -> str:
     group = grp.getgrgid(os.getegid()).gr_name
     text = SNIPPET.read_text()
     for old, new in (
-        (SNIPPET_LOG_GLOB, f"{log_dir}/*.log"),
+        (SNIPPET_LOG_DIR, f"{log_dir}/"),
         (SNIPPET_PID_FILE, str(pid_file)),
         (SNIPPET_USER, f"su {user} {group}"),
     ):
@@ -131,6 +131,8 @@ def test_logrotate_loses_and_repeats_no_line(
         what="the daemon to start",
     )
     assert daemon.poll() is None, stderr_path.read_text()
+    # a service manager's own output, beside the logs: not ours to rotate
+    (log_dir / "supervisor.log").write_text("kept by supervisord\n")
 
     renamed_size = None
     for run in range(RUNS):
@@ -167,6 +169,8 @@ def test_logrotate_loses_and_repeats_no_line(
     assert (log_dir / "key-daemon.log.1").stat().st_size == renamed_size
 
     # only the logs and their generations: no .backup or stray file
+    assert (log_dir / "supervisor.log").read_text() == "kept by supervisord\n"
+    (log_dir / "supervisor.log").unlink()
     names = sorted(path.name for path in log_dir.iterdir())
     assert all(LOG_NAME.fullmatch(name) for name in names), names
     key_files = generations(log_dir, "key-daemon.log")

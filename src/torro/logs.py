@@ -587,14 +587,23 @@ def _open_log_file(path: str) -> int:
 
     The file ends up 0600 whatever the umask: a file created here is made
     so, and so is an existing file this process's user owns (the mode of
-    another user's file is left alone).
+    another user's file is left alone). A file root creates in another
+    user's log directory (a CLI command run as root beside a daemon run
+    as its own user) is given to the directory's owner, who could not
+    write to it otherwise.
     """
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    created = True
     try:
         fd = os.open(path, flags | os.O_EXCL, FILE_MODE)
     except FileExistsError:
+        created = False
         fd = os.open(path, flags, FILE_MODE)
     try:
+        if created and os.geteuid() == 0:
+            directory = os.stat(os.path.dirname(path) or ".")
+            if directory.st_uid != 0:
+                os.fchown(fd, directory.st_uid, directory.st_gid)
         status = os.fstat(fd)
         if status.st_uid == os.geteuid() \
                 and stat.S_IMODE(status.st_mode) != FILE_MODE:

@@ -13,6 +13,7 @@ Files are created 0600 and directories 0700 whatever the process umask.
 import contextlib
 import errno
 import os
+import pwd
 import secrets
 from pathlib import Path
 from stat import S_ISDIR, S_ISREG
@@ -117,6 +118,47 @@ def sync_directory(path: Path) -> None:
         raise _write_error(path, exc) from None
     finally:
         os.close(fd)
+
+
+def check_owner(directory: Path) -> None:
+    """Refuse root the writing of a store another user owns.
+
+    Files are created with the writer's owner and mode 0600: a command
+    run as root on a store of the daemon's user would leave files the
+    daemon cannot read. A store not made yet is checked against the
+    directory it would be made in. Other users are left to the file
+    system's permissions.
+
+    :raises StoreError: the process runs as root, and the directory, or
+        its nearest existing parent, belongs to another user.
+    """
+    if os.geteuid() != 0:
+        return
+    place = directory
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    try:
+        owner = place.stat().st_uid
+    except OSError:
+        return  # the write itself reports what is wrong
+    if owner == 0:
+        return
+    where = f"the key store {directory}" if place == directory \
+        else f"{place.absolute()}, where the key store {directory} would " \
+        "be made,"
+    user = _user_name(owner)
+    raise StoreError(
+        f"{where} belongs to {user}, and this command runs as root: run "
+        f"it as {user} (for instance with sudo -u {user}), so that the "
+        "daemon can read what it writes"
+    )
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def read_file(path: Path | str) -> bytes | None:

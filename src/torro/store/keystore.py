@@ -466,6 +466,7 @@ class KeyStore:
             raise RuntimeError(f"the key store {self.root} is read-only here")
         # A swap cut short leaves no root, only its staging directory:
         # completed first, or an empty root would hide it.
+        files.check_owner(self.root)
         self._complete_swaps()
         files.ensure_directory(self.root)
         with self._lock.hold(timeout):
