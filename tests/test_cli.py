@@ -872,6 +872,21 @@ def test_root_cli_leaves_the_daemon_users_store_alone(
     assert logged and {path.stat().st_uid for path in logged} \
         == {nobody.pw_uid}
 
+    new_key = cwd / "new.key"
+    new_key.write_text("ab" * 32 + "\n")
+    new_key.chmod(0o400)
+    line = one_error(
+        torro.run("keys", "rewrap", "--new-master-key-file", "new.key"), 1
+    )
+    assert line.startswith(
+        "torro: error: the key store keys belongs to nobody, and this "
+        "command runs as root"
+    )
+    assert tree_digest(cwd / "keys") == before
+    assert sorted(path.name for path in cwd.iterdir()) == [
+        "keys", "keys.master-key", "logs", "new.key"
+    ]
+
     # reading is no writing: root may still look
     assert torro.run("keys", "verify").code == 0
 

@@ -36,7 +36,7 @@ from rewrap_store import (
     rotate,
     write_key_file,
 )
-from runner import run_here
+from runner import COMMAND_TIMEOUT, Outcome, run_here
 
 from torro.config import load_settings
 from torro.errors import StoreError
@@ -45,7 +45,7 @@ from torro.store import rewrap
 from torro.store.records import parse_record
 
 if TYPE_CHECKING:
-    from runner import Outcome, Torro
+    from runner import Torro
 
 
 NODE_KEYS = Path(__file__).parent / "fixtures" / "node-keys"
@@ -326,6 +326,110 @@ def test_same_key_as_current_is_refused(torro: "Torro") -> None:
     assert not (cwd / "keys.rewrap.json").exists()
 
 
+def test_old_key_after_a_rewrap_is_not_called_the_stores_key(
+    torro: "Torro",
+) -> None:
+    # Fault found by a tester: after a rewrap, with the settings still on
+    # the old key file, a rewrap to that old file said it "holds the
+    # master key the settings name and the store is sealed under already
+    # (id X)"; the store is sealed under the new key (id Y) since the
+    # rewrap, and the message must say so and what to point where.
+    cwd = torro.cwd
+    old = write_key_file(cwd / "old.key")
+    new = write_key_file(cwd / "new.key")
+    with_old = {"KEY_DAEMON_MASTER_KEY_FILE": "old.key"}
+    rotate(cwd, torro.env(**with_old), 2)
+    done = torro.run("keys", "rewrap", "--new-master-key-file", "new.key",
+                     env=with_old)
+    assert done.code == 0, done.stderr
+    finished = json.loads((cwd / "keys.rewrap.json").read_text())["finished"]
+    state = tree_digest(cwd / "keys", cwd / "old.key", cwd / "new.key",
+                        cwd / "keys.rewrap.json")
+
+    refused = torro.run("keys", "rewrap", "--new-master-key-file", "old.key",
+                        env=with_old)
+
+    assert one_error(refused) == (
+        f"torro: error: old.key holds master key id {old.key_id}, the one "
+        f"KEY_DAEMON_MASTER_KEY_FILE (old.key) holds, but the key store "
+        f"keys is sealed under master key id {new.key_id} since the rewrap "
+        f"of {finished}: point KEY_DAEMON_MASTER_KEY_FILE at the file "
+        f"holding master key id {new.key_id}; nothing was changed"
+    )
+    assert tree_digest(cwd / "keys", cwd / "old.key", cwd / "new.key",
+                       cwd / "keys.rewrap.json") == state
+    assert_sealed_under(cwd / "keys", new, old)
+
+    # doing what it says works: the store rewraps back to the old key
+    back = torro.run("keys", "rewrap", "--new-master-key-file", "old.key",
+                     env={"KEY_DAEMON_MASTER_KEY_FILE": "new.key"})
+    assert back.code == 0, back.stderr
+    assert back.stdout.startswith(
+        f"rewrapped 2 keys (2 retained, 0 archived) from master key id "
+        f"{new.key_id} to id {old.key_id}\n"
+    )
+    assert_sealed_under(cwd / "keys", old, new)
+
+
+def test_settings_key_unlike_the_stores_without_a_journal(
+    here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same check with no journal to date the change, and the master
+    key from KEY_DAEMON_MASTER_KEY: the variable is named, never its
+    value."""
+    sealing = write_key_file(here / "sealing.key")
+    rotate(here, dict(os.environ) | {
+        "KEY_DAEMON_MASTER_KEY_FILE": str(here / "sealing.key")
+    }, 2)
+    other = write_key_file(here / "other.key")
+    os.environ["KEY_DAEMON_MASTER_KEY"] = other.reveal().hex()
+    try:
+        code, out, err = run_here(
+            capsys, "keys", "rewrap", "--new-master-key-file", "other.key"
+        )
+    finally:
+        del os.environ["KEY_DAEMON_MASTER_KEY"]
+
+    assert (code, out) == (1, "")
+    assert err == (
+        f"torro: error: other.key holds master key id {other.key_id}, the "
+        "one KEY_DAEMON_MASTER_KEY holds, but the key store keys is sealed "
+        f"under master key id {sealing.key_id}: set KEY_DAEMON_MASTER_KEY "
+        f"to the master key with id {sealing.key_id}; nothing was changed\n"
+    )
+    assert other.reveal().hex() not in err
+    assert not (here / "keys.rewrap.json").exists()
+
+
+def test_store_claiming_the_new_key_but_not_verifying_under_it(
+    here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rerun after a finished rewrap checks the store under the new key;
+    when that fails it says so, not that an old store waits to be
+    destroyed (there is none)."""
+    rotate(here, dict(os.environ), 2)
+    write_key_file(here / "new.key")
+    rewrap.rewrap(load_settings(dict(os.environ)), here / "new.key")
+    new = read_master_key_file(here / "new.key")
+    record = here / "keys/history/key-0.json"
+    document = json.loads(record.read_text())
+    document["timestamp"] += 1
+    record.write_text(json.dumps(document, indent=2) + "\n")
+
+    code, out, err = run_here(
+        capsys, "keys", "rewrap", "--new-master-key-file", "new.key"
+    )
+
+    assert (code, out) == (1, "")
+    assert err.startswith(
+        f"torro: error: the key store names master key id {new.key_id}, "
+        "the key in new.key, but does not verify under it: "
+        "keys/history/key-0.json: checksum does not match"
+    )
+    assert err.endswith("; nothing was changed\n")
+    assert err.count("\n") == 1
+
+
 def test_interrupted_rewrap_stops_other_commands_until_finished(
     torro: "Torro",
 ) -> None:
@@ -373,6 +477,117 @@ def test_interrupted_rewrap_stops_other_commands_until_finished(
     assert_sealed_under(cwd / "keys", new, old)
     assert_no_leftovers(cwd, "keys")
     assert torro.run("daemon", "rotate").code == 0
+
+
+# Capabilities that let root read any file; without them root reads as
+# any other user does (setpriv drops them for the command it runs).
+DAC_CAPABILITIES = "-dac_override,-dac_read_search"
+# The owner given to a file the command must not read: a user id that is
+# not root's.
+OTHER_UID = 65534
+
+
+def run_as_plain_user(torro: "Torro", *args: str) -> "Outcome":
+    """Run one torro command without the capabilities that let root read
+    a file it does not own, so file modes bind it as any other user."""
+    done = subprocess.run(
+        ["setpriv", "--bounding-set", DAC_CAPABILITIES,
+         *torro.command(args, False)],
+        cwd=torro.cwd,
+        env=torro.env(),
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+    )
+    return Outcome(args, done.returncode, done.stdout, done.stderr)
+
+
+def test_journal_the_user_cannot_read_is_named_with_its_reason(
+    torro: "Torro",
+) -> None:
+    # Fault found by a tester: with keys.rewrap.json owned by root (mode
+    # 0600) and torro run as another user, daemon status, keys verify and
+    # the daemon's start all claimed the store "is in the middle of a
+    # master key rewrap ... (id unknown)" although the rewrap had
+    # finished; they must say the journal cannot be read, why, and what
+    # to check. Here the journal belongs to another user and torro runs
+    # as root without the capabilities that override file modes: the
+    # same refusal by the kernel.
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run without DAC overrides")
+    cwd = torro.cwd
+    rotate(cwd, torro.env(), 2)
+    write_key_file(cwd / "new.key")
+    assert torro.run("keys", "rewrap", "--new-master-key-file",
+                     "new.key").code == 0
+    journal = cwd / "keys.rewrap.json"
+    os.chown(journal, OTHER_UID, OTHER_UID)
+    journal.chmod(0o600)
+    unreadable = (
+        "cannot read the master key rewrap journal keys.rewrap.json: "
+        "Permission denied; check its owner and mode (torro must read it "
+        "to tell whether a rewrap of the key store is finished)"
+    )
+
+    for args in (("keys", "verify"), ("daemon", "run"), ("daemon", "start"),
+                 ("keys", "rewrap", "--new-master-key-file", "new.key")):
+        outcome = run_as_plain_user(torro, *args)
+        assert outcome.code == 1, (args, outcome)
+        assert outcome.stderr.splitlines()[-1] == \
+            f"torro: error: {unreadable}", args
+        assert "middle of a master key rewrap" not in outcome.stderr
+    status = run_as_plain_user(torro, "daemon", "status")
+    assert status.code == 3, status
+    assert f"problem:        {unreadable}" in status.stdout.splitlines()
+    assert "middle of a master key rewrap" not in status.stdout
+
+    # the journal alone was in the way
+    journal.chmod(0o644)
+    verified = run_as_plain_user(torro, "keys", "verify")
+    assert verified.code == 0, verified.stderr
+    assert verified.stdout == \
+        "ok: 2 keys verified, chain intact, current key 1\n"
+
+
+def test_journal_that_is_no_file_or_no_journal_is_named(
+    here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same fault without a second user: a journal that is a
+    directory, or holds bytes that are no journal, is named as such by
+    every command, never taken for a rewrap in progress."""
+    rotate(here, dict(os.environ), 2)
+    write_key_file(here / "new.key")
+    journal = here / "keys.rewrap.json"
+    cases = {
+        "directory": (
+            "cannot read the master key rewrap journal keys.rewrap.json: "
+            "it is a directory, not a file; torro keys rewrap only ever "
+            "writes a file there, so move it away"
+        ),
+        "damaged": (
+            "keys.rewrap.json is not a rewrap journal: it was damaged; "
+            "check whether the store's files name the old or the new master "
+            "key id (masterKeyId) and restore them from a backup"
+        ),
+    }
+    for case, message in cases.items():
+        if case == "directory":
+            journal.mkdir(mode=0o700)
+        else:
+            journal.rmdir()
+            journal.write_bytes(b"\x00\xff{not json")
+        for args in (("keys", "verify"), ("daemon", "rotate"),
+                     ("keys", "rewrap", "--new-master-key-file", "new.key")):
+            code, out, err = run_here(capsys, *args)
+            assert (code, out) == (1, ""), (case, args)
+            assert err == f"torro: error: {message}\n", (case, args)
+        # the status command exits through sys.exit, past run_here
+        with pytest.raises(SystemExit) as exited:
+            run_here(capsys, "daemon", "status")
+        assert exited.value.code == 3, case
+        out = capsys.readouterr().out
+        assert f"problem:        {message}" in out.splitlines(), case
 
 
 # -- mistakes: one line, nothing changed -----------------------------------
@@ -433,6 +648,9 @@ def test_bad_new_key_files_are_refused_in_one_line(
 
 
 def test_rewrap_is_refused_while_the_daemon_runs(torro: "Torro") -> None:
+    # Fault found by a tester: the message said only "stop it with torro
+    # daemon stop", which PM2 or Supervisor undo by restarting the daemon;
+    # it must name the service managers' own stop commands too.
     cwd = torro.cwd
     write_key_file(cwd / "new.key")
     # no rotation while the test looks at the store
@@ -447,9 +665,10 @@ def test_rewrap_is_refused_while_the_daemon_runs(torro: "Torro") -> None:
         ))
         assert line == (
             f"torro: error: the daemon is running (pid {pid}, PID file "
-            "torro-daemon.pid): stop it with torro daemon stop, run torro "
-            "keys rewrap, then start it with the new master key; nothing "
-            "was changed"
+            "torro-daemon.pid): stop it first (torro daemon stop, or "
+            "through the service manager that runs it: systemctl stop, "
+            "supervisorctl stop, pm2 stop), run torro keys rewrap, then "
+            "start it with the new master key; nothing was changed"
         )
         assert tree_digest(cwd / "keys", cwd / "keys.master-key") == state
     finally:
@@ -511,6 +730,26 @@ def test_unsealed_records_stay_unsealed(torro: "Torro") -> None:
         assert (record.key_text, record.master_key_id) == (text, new.key_id)
     assert_sealed_under(keys, new, old)
     assert torro.run("keys", "verify").code == 0
+
+
+def test_one_key_is_counted_in_the_singular(torro: "Torro") -> None:
+    # Fault found by a tester: a store of one key printed "rewrapped 1
+    # keys"; one key, and one unsealed key, are said in the singular.
+    cwd = torro.cwd
+    rotate(cwd, torro.env(KEY_DAEMON_ENCRYPTION="false"), 1)
+    old = read_master_key_file(cwd / "keys.master-key")
+    new = write_key_file(cwd / "new.key")
+
+    done = torro.run("keys", "rewrap", "--new-master-key-file", "new.key")
+
+    assert done.code == 0, done.stderr
+    assert done.stdout.splitlines()[:2] == [
+        f"rewrapped 1 key (1 retained, 0 archived) from master key id "
+        f"{old.key_id} to id {new.key_id}",
+        "1 key stays unsealed (made with KEY_DAEMON_ENCRYPTION=false): "
+        "only its checksum changed",
+    ]
+    assert_sealed_under(cwd / "keys", new, old)
 
 
 def test_history_directory_outside_the_store(torro: "Torro") -> None:

@@ -366,7 +366,8 @@ def keys_rewrap(new_key_file: Path) -> None:
     valid. A copy is built beside the store and swapped in, so a crash
     leaves the store under the old key or the new one, never a mix
     that the next run cannot finish: run the same command again. Stop
-    the daemon first. When the master key is the default
+    the daemon first, through its service manager when one runs it.
+    When the master key is the default
     <store>.master-key, that file gets the new key and the old one is
     kept as <store>.master-key.old-<id>; otherwise point
     KEY_DAEMON_MASTER_KEY_FILE at the new key before starting the
@@ -388,12 +389,18 @@ def keys_rewrap(new_key_file: Path) -> None:
             counts += f", {result.set_aside} set aside"
         resumed = " (finished an interrupted rewrap)" \
             if result.resumed else ""
+        total = result.retained + result.archived + result.set_aside
         click.echo(
-            f"rewrapped {result.retained + result.archived + result.set_aside}"
-            f" keys ({counts}) from master key id {result.old_key_id} to id "
+            f"rewrapped {total} {'key' if total == 1 else 'keys'} "
+            f"({counts}) from master key id {result.old_key_id} to id "
             f"{result.new_key_id}{resumed}"
         )
-        if result.unsealed:
+        if result.unsealed == 1:
+            click.echo(
+                "1 key stays unsealed (made with KEY_DAEMON_ENCRYPTION="
+                "false): only its checksum changed"
+            )
+        elif result.unsealed:
             click.echo(
                 f"{result.unsealed} keys stay unsealed (made with "
                 "KEY_DAEMON_ENCRYPTION=false): only their checksums changed"

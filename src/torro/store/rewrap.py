@@ -38,7 +38,10 @@ every other command refuses the store, naming the journal, until
 ``torro keys rewrap`` runs again with the same new key file and
 finishes. Running it again after it finished changes nothing; the
 finished journal tells that run apart from a mistaken rewrap to the key
-the store is sealed under already.
+the store is sealed under already. A journal that exists but cannot be
+read (its mode, its owner) or is no journal stops every command too,
+named with the reason: without it, nobody can tell whether a rewrap is
+unfinished.
 
 The rewrap refuses to run while the daemon runs (KEY_DAEMON_PID_FILE): a
 running daemon holds the old master key and could not read the store
@@ -56,6 +59,7 @@ it at every step in turn.
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -103,6 +107,8 @@ KILL_AT_VARIABLE = "TORRO_REWRAP_KILL_AT"
 SET_ASIDE_NAME = re.compile(r"set-aside-[0-9A-Z]+-key-(0|[1-9][0-9]*)\.json")
 # A clock past every key's date: the copy is judged on its files alone.
 _FAR_FUTURE_MS = 2**62
+# A journal is a few hundred bytes; anything far larger is not one.
+_JOURNAL_LIMIT = 64 * 1024
 
 Progress = Callable[[int, int], None]
 
@@ -170,21 +176,101 @@ def refuse_unfinished(root: Path) -> None:
     Called by every command that opens the store: until the rewrap is
     finished, its records are under two master keys.
 
-    :raises StoreError: naming the journal and the command that finishes.
+    :raises StoreError: naming the journal and the command that finishes;
+        or the journal cannot be read, so nobody can tell.
     """
     path = journal_path(root)
-    if not os.path.lexists(path):
+    document = read_journal(path)
+    if document is None or document["state"] == FINISHED:
         return
-    new_id = "unknown"
-    with contextlib.suppress(StoreError, ValueError, TypeError, KeyError):
-        document = json.loads(files.read_file(path) or b"")
-        if document["state"] == FINISHED:
-            return
-        new_id = str(document["newMasterKeyId"])
     raise StoreError(
         f"the key store {root} is in the middle of a master key rewrap "
         f"({path}): run torro keys rewrap --new-master-key-file with the "
-        f"file holding the new master key (id {new_id}) to finish it"
+        f"file holding the new master key (id "
+        f"{document['newMasterKeyId']}) to finish it"
+    )
+
+
+def read_journal(path: Path) -> dict[str, Any] | None:
+    """Return the rewrap journal in ``path``; None when there is none.
+
+    A journal that exists but cannot be read, or is not one, is an
+    error: whether a rewrap is unfinished cannot be told without it.
+
+    :raises StoreError: naming the journal, why, and what to do.
+    """
+    data = _read_journal_bytes(path)
+    if data is None:
+        return None
+    try:
+        document = json.loads(data)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict) \
+            or document.get("state") not in (SWAPPING, FINISHED) \
+            or not isinstance(document.get("newMasterKeyId"), str):
+        raise StoreError(
+            f"{path} is not a rewrap journal: it was damaged; check "
+            "whether the store's files name the old or the new master key "
+            "id (masterKeyId) and restore them from a backup"
+        )
+    return document
+
+
+def _read_journal_bytes(path: Path) -> bytes | None:
+    """Return the content of the journal file; None when there is none.
+
+    Read with the store's own precautions (no link followed, no FIFO
+    blocking, a bounded size), but with messages about the journal.
+    """
+    try:
+        fd = os.open(
+            path,
+            os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+        )
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _journal_not_a_file(path, "a symbolic link") from None
+        if not os.path.lexists(path):
+            # No journal can be seen there (a name too long, a directory
+            # that cannot be searched): the store's own checks say why.
+            return None
+        raise _journal_unreadable(path, exc) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise _journal_not_a_file(path, "a directory")
+        if not stat.S_ISREG(mode):
+            raise _journal_not_a_file(path, "not a regular file")
+        chunks = []
+        size = 0
+        while chunk := os.read(fd, 65536):
+            size += len(chunk)
+            if size > _JOURNAL_LIMIT:
+                return b""  # not a journal: reported as damaged
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise _journal_unreadable(path, exc) from None
+    finally:
+        os.close(fd)
+
+
+def _journal_unreadable(path: Path, exc: OSError) -> StoreError:
+    return StoreError(
+        f"cannot read the master key rewrap journal {path}: "
+        f"{exc.strerror}; check its owner and mode (torro must read it to "
+        "tell whether a rewrap of the key store is finished)"
+    )
+
+
+def _journal_not_a_file(path: Path, what: str) -> StoreError:
+    return StoreError(
+        f"cannot read the master key rewrap journal {path}: it is {what}, "
+        "not a file; torro keys rewrap only ever writes a file there, so "
+        "move it away"
     )
 
 
@@ -244,6 +330,8 @@ class _Rewrap:
     def run(self) -> RewrapResult:
         new = self._read_new_key()
         self._refuse_running_daemon()
+        # before the lock file and the copy are made beside the store
+        files.check_owner(self.root)
         lock = FileLock(
             self.root.with_name(f"{self.root.name}.rewrap.lock")
         )
@@ -264,7 +352,7 @@ class _Rewrap:
                     and journal.get("newMasterKeyId") == new.key_id
                 if not done:
                     self._refuse_current_key(new)
-                self._check_sealed_under(new)
+                self._check_sealed_under(new, swapped=False)
                 return RewrapResult(
                     None, new.key_id, default_key_file=self.default_key_file
                 )
@@ -446,28 +534,78 @@ class _Rewrap:
     def _refuse_current_key(
         self, new: MasterKey, current: MasterKey | None = None
     ) -> None:
-        """Refuse a new key that is the one the settings name already."""
+        """Refuse a new key that is the one the settings name already.
+
+        The message says what the store names too: after a rewrap with
+        settings left on the old key, that key is no longer the store's.
+        """
         if current is None:
             try:
                 current = self._current_key()
             except MasterKeyError:
                 return
-        if current.key_id == new.key_id:
+        if current.key_id != new.key_id:
+            return
+        sealed = self._store_key_id()
+        if sealed == new.key_id:
             raise MasterKeyError(
                 f"{self.new_key_file} holds the master key the settings "
                 f"name and the store is sealed under already (id "
                 f"{new.key_id}): give a new key (openssl rand -hex 32); "
                 "nothing was changed"
             )
+        if sealed is None:
+            raise MasterKeyError(
+                f"{self.new_key_file} holds the master key the settings "
+                f"name already (id {new.key_id}): give a new key (openssl "
+                "rand -hex 32); nothing was changed"
+            )
+        since = ""
+        journal = read_journal(self.journal)
+        if journal is not None and journal["state"] == FINISHED \
+                and journal["newMasterKeyId"] == sealed:
+            since = f" since the rewrap of {journal.get('finished', '?')}"
+        raise MasterKeyError(
+            f"{self.new_key_file} holds master key id {new.key_id}, the one "
+            f"{self._key_source()} holds, but the key store {self.root} "
+            f"is sealed under master key id {sealed}{since}: "
+            f"{self._point_at(sealed)}; nothing was changed"
+        )
+
+    def _key_source(self) -> str:
+        """Name the setting (or default file) the store's key comes from.
+        """
+        if self.settings.master_key is not None:
+            return "KEY_DAEMON_MASTER_KEY"
+        if self.settings.master_key_file is not None:
+            return "KEY_DAEMON_MASTER_KEY_FILE " \
+                f"({self.settings.master_key_file})"
+        return f"the default master key file {self.default_key_file}"
+
+    def _point_at(self, key_id: str) -> str:
+        """Say how to make the settings name the master key ``key_id``."""
+        if self.settings.master_key is not None:
+            return f"set KEY_DAEMON_MASTER_KEY to the master key with id " \
+                f"{key_id}"
+        if self.settings.master_key_file is not None:
+            return "point KEY_DAEMON_MASTER_KEY_FILE at the file holding " \
+                f"master key id {key_id}"
+        return f"put the master key with id {key_id} in " \
+            f"{self.default_key_file} (mode 0400), or point " \
+            "KEY_DAEMON_MASTER_KEY_FILE at the file holding it"
 
     def _refuse_running_daemon(self) -> None:
         pid = process.read_daemon_pid(self.settings.pid_file)
         if pid is not None:
+            # A service manager (PM2, Supervisor) restarts a daemon that
+            # torro daemon stop stopped behind its back.
             raise DaemonError(
                 f"the daemon is running (pid {pid}, PID file "
-                f"{self.settings.pid_file}): stop it with torro daemon "
-                "stop, run torro keys rewrap, then start it with the new "
-                "master key; nothing was changed"
+                f"{self.settings.pid_file}): stop it first (torro daemon "
+                "stop, or through the service manager that runs it: "
+                "systemctl stop, supervisorctl stop, pm2 stop), run torro "
+                "keys rewrap, then start it with the new master key; "
+                "nothing was changed"
             )
 
     def _current_key(self) -> MasterKey:
@@ -509,8 +647,15 @@ class _Rewrap:
                 "move them away first; nothing was changed"
             )
 
-    def _check_sealed_under(self, master: MasterKey) -> None:
-        """Check that the store loads under ``master`` with no problem."""
+    def _check_sealed_under(
+        self, master: MasterKey, *, swapped: bool = True
+    ) -> None:
+        """Check that the store loads under ``master`` with no problem.
+
+        :param swapped: this run swapped the copy in (and the old store
+            waits to be destroyed); else the store claimed to be sealed
+            under ``master`` already and nothing was done.
+        """
         check = KeyStore(
             self.root,
             Sealer(master),
@@ -519,6 +664,12 @@ class _Rewrap:
             read_only=True,
         )
         check.load()
+        if check.problem is not None and not swapped:
+            raise StoreError(
+                f"the key store names master key id {master.key_id}, the "
+                f"key in {self.new_key_file}, but does not verify under it: "
+                f"{check.problem}; nothing was changed"
+            )
         if check.problem is not None:
             raise StoreError(
                 f"the key store does not verify under the new master key "
@@ -760,19 +911,9 @@ class _Rewrap:
         self._step(step)
 
     def _read_journal(self) -> dict[str, Any] | None:
-        data = files.read_file(self.journal)
-        if data is None:
+        document = read_journal(self.journal)
+        if document is None:
             return None
-        try:
-            document = json.loads(data)
-        except ValueError:
-            document = None
-        if not isinstance(document, dict):
-            raise StoreError(
-                f"{self.journal} is not a rewrap journal: it was damaged; "
-                "check whether the store's files name the old or the new "
-                "master key id (masterKeyId) and restore them from a backup"
-            )
         if document.get("state") == FINISHED:
             # the record of an earlier rewrap, of whatever store was here
             return document
