@@ -218,6 +218,20 @@ def test_sighup_reopens_logs_and_reloads_configuration(
                what="a rotation in the old store")
     assert not (cwd / "elsewhere").exists()
 
+    # a misspelt setting is named (found by a tester: the reload said
+    # "configuration unchanged" and nothing more)
+    env_file.write_text(
+        "KEY_DAEMON_ROTATION_INTERVAL=700\nKEY_STORAGE_PATH=elsewhere\n"
+        "KEY_DAEMON_ROTATON_INTERVAL=60000\n"
+    )
+    daemon.send_signal(signal.SIGHUP)
+    torro.wait_until(
+        lambda: "KEY_DAEMON_ROTATON_INTERVAL is not a setting and is "
+        "ignored: did you mean KEY_DAEMON_ROTATION_INTERVAL?"
+        in log_text(cwd, "system.log"),
+        what="the misspelt setting's warning",
+    )
+
     # an invalid value is logged and the daemon runs on as it was
     env_file.write_text("KEY_DAEMON_MAX_HISTORY=zero\n")
     daemon.send_signal(signal.SIGHUP)

@@ -39,8 +39,8 @@ VENV_BIN = Path(sys.executable).parent
 # The README's lines, before the paths are moved under the test's root.
 MAKE_MASTER_KEY = "(umask 077; openssl rand -hex 32 > /etc/torro/master-key)"
 BACKUP = (
-    "flock /var/lib/torro/keys/.lock tar -C /var/lib/torro -czf "
-    "/backup/torro-keys.tar.gz keys"
+    "(umask 077; flock /var/lib/torro/keys/.lock tar -C /var/lib/torro "
+    "-czf /backup/torro-keys.tar.gz keys)"
 )
 BRING_BACK = "tar -C /var/lib/torro -xzf /backup/torro-keys.tar.gz"
 COPY_CURRENT = "cp keys/backup/current.json keys/current.json"
@@ -48,7 +48,8 @@ MASTER_KEY_ROTATION = (
     "torro daemon stop",
     "(umask 077; openssl rand -hex 32 > /etc/torro/master-key.new)",
     "torro keys rewrap --new-master-key-file /etc/torro/master-key.new",
-    "mv /etc/torro/master-key /etc/torro/master-key.old",
+    "mv /etc/torro/master-key "
+    "/etc/torro/master-key.old-$(date +%Y%m%d%H%M%S)",
     "mv /etc/torro/master-key.new /etc/torro/master-key",
     "torro daemon start",
 )
@@ -333,6 +334,7 @@ def test_backup_under_the_lock_while_the_daemon_rotates(host: Host) -> None:
     for attempt in range(4):
         backed_up = host.shell(BACKUP, fast)
         assert (backed_up.code, backed_up.stderr) == (0, "")
+        assert tarball.stat().st_mode & 0o077 == 0
         members = tar_members(tarball)
         # the store and nothing else: no master key travels with it
         assert all(name.split("/")[0] == "keys" for name in members)
@@ -652,7 +654,8 @@ def test_rotate_the_master_key_as_written(host: Host, key_file: str) -> None:
         else:
             assert host.shell(keep_old, env).code == 0
             assert host.shell(put_new, env).code == 0
-            old_copy = host.path("/etc/torro/master-key.old")
+            (old_copy,) = host.path("/etc/torro").glob("master-key.old-*")
+            assert re.fullmatch(r"master-key\.old-\d{14}", old_copy.name)
             assert old_copy.read_text() == old_key
             old_env = {"KEY_DAEMON_MASTER_KEY_FILE": str(old_copy)}
     started = host.shell(start, env)

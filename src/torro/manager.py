@@ -319,6 +319,8 @@ class DaemonManager:
                 "configuration not reloaded, the old one stays: %s", exc
             )
             return
+        for line in unknown_variables():
+            system_log.warning("%s", line)
         changed = self.settings.reload_differences(fresh)
         needs_restart = [name for name in changed if name not in RELOADABLE]
         if needs_restart:
