@@ -1,11 +1,11 @@
 """A real ``torro daemon run`` with its HTTP API on a free loopback port.
 
-The :func:`api` fixture (made available to the tests by conftest.py) starts the daemon as an operator would, in its
-own process, with one full token, one read-only token and a token file,
-and hands out an httpx client bound to the server's address. The
-schedule is slow (one rotation an hour) so that the keys change only
-when a test forces a rotation; :func:`start_api` starts one with other
-settings.
+The :func:`api` fixture (made available to the tests by conftest.py)
+starts the daemon as an operator would, in its own process, with one full
+token, one read-only token and a token file, and hands out an httpx
+client bound to the server's address. The schedule is slow (one
+rotation an hour) so that the keys change only when a test forces a
+rotation; :func:`start_api` starts one with other settings.
 """
 
 import dataclasses
