@@ -45,6 +45,7 @@ seed is printed; set TORRO_WRITE_SEED to replay a run.
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -162,6 +163,22 @@ class Stderr:
         )
 
 
+@contextlib.contextmanager
+def store_lock(root: Path) -> Iterator[None]:
+    """Hold the store lock (the flock every writer takes), if there is
+    one yet."""
+    try:
+        fd = os.open(root / ".lock", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 @dataclasses.dataclass(frozen=True)
 class Store:
     """Every file of a key store, by path relative to its root."""
@@ -170,11 +187,16 @@ class Store:
 
     @classmethod
     def read(cls, root: Path) -> "Store":
+        """Read the store under its lock: a rotation the daemon retries
+        meanwhile is seen before it starts or once it is undone, never
+        half done (its new record written, history.json not yet)."""
         files = {}
-        for path in root.rglob("*"):
-            if path.is_file():
-                with contextlib.suppress(FileNotFoundError):
-                    files[str(path.relative_to(root))] = path.read_bytes()
+        with store_lock(root):
+            for path in root.rglob("*"):
+                if path.is_file():
+                    with contextlib.suppress(FileNotFoundError):
+                        files[str(path.relative_to(root))] = \
+                            path.read_bytes()
         return cls(files)
 
     @property

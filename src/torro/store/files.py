@@ -15,6 +15,7 @@ import errno
 import os
 import pwd
 import secrets
+import shutil
 from pathlib import Path
 from stat import S_ISDIR, S_ISREG
 
@@ -278,6 +279,16 @@ def withdraw_file(path: Path) -> bool:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(hidden)
     return True
+
+
+def destroy_tree(path: Path) -> None:
+    """Destroy every file under ``path`` (:func:`destroy_file`), then
+    remove the tree; what cannot be destroyed is removed all the same."""
+    for directory, _, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(OSError):
+                destroy_file(Path(directory) / name)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def remove_temp_files(directory: Path) -> list[Path]:

@@ -27,7 +27,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -884,7 +883,7 @@ class KeyStore:
             if path is None or not os.path.lexists(path):
                 continue
             if path.is_dir():
-                _destroy_tree(path)
+                files.destroy_tree(path)
             else:
                 path.unlink()
         builder = KeyStore(
@@ -910,9 +909,9 @@ class KeyStore:
         _finish_swap(staging, self.root)
         files.sync_directory(self.root.parent)
         if replaced is None:
-            _destroy_tree(old)
+            files.destroy_tree(old)
             if history_staging is not None:
-                _destroy_tree(old.with_name(old.name + "-history"))
+                files.destroy_tree(old.with_name(old.name + "-history"))
         self._stale = True
         self.load()
 
@@ -1149,7 +1148,7 @@ class KeyStore:
         for target in (self.root, self.history_dir):
             staging = self.layout.staging_path(target)
             if target.exists() and staging.is_dir():
-                _destroy_tree(staging)
+                files.destroy_tree(staging)
                 system_log.warning(
                     "removed %s, left by an interrupted reset or import",
                     staging,
@@ -1189,11 +1188,3 @@ def _beyond_retention(
 ) -> list[int]:
     indexes = sorted(records)
     return indexes[: max(0, len(indexes) - max_history)]
-
-
-def _destroy_tree(path: Path) -> None:
-    for directory, _, names in os.walk(path):
-        for name in names:
-            with contextlib.suppress(OSError):
-                files.destroy_file(Path(directory) / name)
-    shutil.rmtree(path, ignore_errors=True)

@@ -91,7 +91,7 @@ from torro.sealing import (
     resolve_master_key,
 )
 from torro.store import files
-from torro.store.keystore import LOCK_TIMEOUT, KeyStore, _destroy_tree
+from torro.store.keystore import LOCK_TIMEOUT, KeyStore
 from torro.store.layout import RECORD_NAME, StoreLayout
 from torro.store.reader import StoreReader
 from torro.store.records import KeyRecord, RecordError, parse_record
@@ -443,7 +443,7 @@ class _Rewrap:
         for target in self.targets:
             old = old_store_path(target)
             if os.path.lexists(old):
-                _destroy_tree(old)
+                files.destroy_tree(old)
                 self._step(f"destroyed {old}")
         self._finish_journal()
         counts = {
@@ -778,7 +778,7 @@ class _Rewrap:
         for target in self.targets:
             staging = self.layout.staging_path(target)
             if os.path.lexists(staging):
-                _destroy_tree(staging)
+                files.destroy_tree(staging)
             old = old_store_path(target)
             if os.path.lexists(old):
                 raise StoreError(
@@ -877,7 +877,7 @@ class _Rewrap:
         )
         if problems or not same:
             for directory in {staging, history}:
-                _destroy_tree(directory)
+                files.destroy_tree(directory)
             reason = problems[0] if problems else "it holds other keys"
             raise StoreError(
                 f"the copy sealed under the new master key does not "
