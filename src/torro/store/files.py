@@ -162,17 +162,28 @@ def _user_name(uid: int) -> str:
         return f"uid {uid}"
 
 
-def read_file(path: Path | str) -> bytes | None:
-    """Return the content of ``path``, or None when it does not exist.
+class NotARegularFile(Exception):
+    """What stands at a path is not a regular file of bounded size.
 
-    Only a regular file of at most :data:`MAX_FILE_BYTES` is read: every
-    file of the store is one, written by :func:`write_file`. Anything
-    else put in a store file's place (a link to ``/dev/zero``, a FIFO, a
-    padded copy) is reported by name instead of filling memory or
-    blocking the reader.
+    :param what: what it is instead, for a message: "a symbolic link",
+        "a directory", "not a regular file" or "too large".
+    """
 
-    :raises StoreError: the name is not a regular file, the file is too
-        large, or it cannot be read.
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+def read_bounded(path: Path | str, limit: int) -> bytes | None:
+    """Return the content of the regular file ``path``, at most ``limit``
+    bytes; None when nothing is there.
+
+    A link is not followed and a FIFO does not block: anything put in a
+    file's place (a link to ``/dev/zero``, a FIFO, a padded copy) is
+    refused instead of filling memory or blocking the reader.
+
+    :raises NotARegularFile: something else is there, or it is larger.
+    :raises OSError: the system refused the open or the read.
     """
     try:
         # O_NOFOLLOW: a link is refused, not followed; O_NONBLOCK: a FIFO
@@ -185,28 +196,48 @@ def read_file(path: Path | str) -> bytes | None:
         return None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise _not_store_file(path, "a symbolic link") from None
-        raise _read_error(path, exc) from None
+            raise NotARegularFile("a symbolic link") from None
+        raise
     try:
-        status = os.fstat(fd)
-        if S_ISDIR(status.st_mode):
-            raise StoreError(f"{path} is a directory, expected a file")
-        if not S_ISREG(status.st_mode):
-            raise _not_store_file(path, "not a regular file")
+        mode = os.fstat(fd).st_mode
+        if S_ISDIR(mode):
+            raise NotARegularFile("a directory")
+        if not S_ISREG(mode):
+            raise NotARegularFile("not a regular file")
         chunks = []
         size = 0
         while chunk := os.read(fd, 65536):
             size += len(chunk)
-            if size > MAX_FILE_BYTES:
-                raise _not_store_file(
-                    path, f"larger than {MAX_FILE_BYTES >> 20} MiB"
-                )
+            if size > limit:
+                raise NotARegularFile("too large")
             chunks.append(chunk)
         return b"".join(chunks)
-    except OSError as exc:
-        raise _read_error(path, exc) from None
     finally:
         os.close(fd)
+
+
+def read_file(path: Path | str) -> bytes | None:
+    """Return the content of ``path``, or None when it does not exist.
+
+    Only a regular file of at most :data:`MAX_FILE_BYTES` is read
+    (:func:`read_bounded`): every file of the store is one, written by
+    :func:`write_file`.
+
+    :raises StoreError: the name is not a regular file, the file is too
+        large, or it cannot be read.
+    """
+    try:
+        return read_bounded(path, MAX_FILE_BYTES)
+    except NotARegularFile as exc:
+        if exc.what == "a directory":
+            raise StoreError(
+                f"{path} is a directory, expected a file"
+            ) from None
+        what = f"larger than {MAX_FILE_BYTES >> 20} MiB" \
+            if exc.what == "too large" else exc.what
+        raise _not_store_file(path, what) from None
+    except OSError as exc:
+        raise _read_error(path, exc) from None
 
 
 def _not_store_file(path: Path | str, what: str) -> StoreError:

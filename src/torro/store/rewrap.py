@@ -59,7 +59,6 @@ it at every step in turn.
 
 import contextlib
 import dataclasses
-import errno
 import json
 import logging
 import os
@@ -220,42 +219,21 @@ def read_journal(path: Path) -> dict[str, Any] | None:
 def _read_journal_bytes(path: Path) -> bytes | None:
     """Return the content of the journal file; None when there is none.
 
-    Read with the store's own precautions (no link followed, no FIFO
-    blocking, a bounded size), but with messages about the journal.
+    Read with the store's own precautions (:func:`files.read_bounded`),
+    but with messages about the journal.
     """
     try:
-        fd = os.open(
-            path,
-            os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
-        )
-    except FileNotFoundError:
-        return None
+        return files.read_bounded(path, _JOURNAL_LIMIT)
+    except files.NotARegularFile as exc:
+        if exc.what == "too large":
+            return b""  # not a journal: reported as damaged
+        raise _journal_not_a_file(path, exc.what) from None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise _journal_not_a_file(path, "a symbolic link") from None
         if not os.path.lexists(path):
             # No journal can be seen there (a name too long, a directory
             # that cannot be searched): the store's own checks say why.
             return None
         raise _journal_unreadable(path, exc) from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise _journal_not_a_file(path, "a directory")
-        if not stat.S_ISREG(mode):
-            raise _journal_not_a_file(path, "not a regular file")
-        chunks = []
-        size = 0
-        while chunk := os.read(fd, 65536):
-            size += len(chunk)
-            if size > _JOURNAL_LIMIT:
-                return b""  # not a journal: reported as damaged
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError as exc:
-        raise _journal_unreadable(path, exc) from None
-    finally:
-        os.close(fd)
 
 
 def _journal_unreadable(path: Path, exc: OSError) -> StoreError:
