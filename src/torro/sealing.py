@@ -199,20 +199,9 @@ def create_master_key_file(path: Path) -> MasterKey:
     The file is created exclusively: an existing file is never replaced.
     """
     master = MasterKey(secrets.token_bytes(MASTER_KEY_LENGTH))
-    # Written under a temporary name, then linked into place: a failed
-    # write leaves no half-made key file, and an existing one is kept.
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     try:
         make_directories(path.parent, 0o700)
-        fd = os.open(temp, flags, 0o400)
-        try:
-            os.fchmod(fd, 0o400)
-            os.write(fd, master.reveal().hex().encode("ascii") + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.link(temp, path)
+        write_master_key_file(path, master, replace=False)
     except FileExistsError:
         raise MasterKeyError(
             f"master key file {path} appeared while creating it: start again"
@@ -222,6 +211,35 @@ def create_master_key_file(path: Path) -> MasterKey:
             f"cannot create master key file {path}: {exc.strerror}; set "
             "KEY_DAEMON_MASTER_KEY_FILE to a writable location"
         ) from None
+    return master
+
+
+def write_master_key_file(
+    path: Path, master: MasterKey, *, replace: bool
+) -> None:
+    """Write ``master`` to ``path`` as 64 hex characters, mode 0400.
+
+    The key is written under a temporary name and flushed, then linked
+    into place, or with ``replace`` renamed over what is there, and the
+    directory is flushed: a failed write leaves no half-made key file.
+
+    :raises FileExistsError: ``path`` exists and ``replace`` is false.
+    :raises OSError: the file could not be written.
+    """
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        fd = os.open(temp, flags, 0o400)
+        try:
+            os.fchmod(fd, 0o400)
+            os.write(fd, master.reveal().hex().encode("ascii") + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if replace:
+            os.replace(temp, path)
+        else:
+            os.link(temp, path)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(temp)
@@ -230,7 +248,6 @@ def create_master_key_file(path: Path) -> MasterKey:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return master
 
 
 def default_master_key_path(storage_path: Path) -> Path:

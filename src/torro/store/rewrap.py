@@ -63,7 +63,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import signal
 import stat
 import time
@@ -88,6 +87,7 @@ from torro.sealing import (
     default_master_key_path,
     read_master_key_file,
     resolve_master_key,
+    write_master_key_file,
 )
 from torro.store import files
 from torro.store.keystore import LOCK_TIMEOUT, KeyStore
@@ -1047,26 +1047,14 @@ def _count(items: list[_Item]) -> dict[str, int]:
 
 def _write_key_file(path: Path, master: MasterKey) -> None:
     """Replace a master key file atomically with ``master``, mode 0400."""
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     try:
-        fd = os.open(temp, flags, 0o400)
-        try:
-            os.fchmod(fd, 0o400)
-            os.write(fd, master.reveal().hex().encode("ascii") + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
+        write_master_key_file(path, master, replace=True)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
         raise MasterKeyError(
             f"cannot replace master key file {path}: {exc.strerror}; copy "
             "the new master key over it (mode 0400) and run torro keys "
             "rewrap again to finish"
         ) from None
-    files.sync_directory(path.parent)
 
 
 def _kill_at() -> int | None:
