@@ -861,16 +861,12 @@ class KeyStore:
         self._require_lock()
         if not entries:
             raise StoreError("a new chain needs at least one key")
-        foreign = self.layout.foreign_entries()
-        if foreign:
-            shown = ", ".join(foreign[:3]) + (", ..." if foreign[3:] else "")
-            raise StoreError(
-                f"{self.root} holds files that are not the key store's "
-                f"({shown}): a reset or an import replaces the whole "
-                "directory, so it must hold the key store alone; move them "
-                "away, or point KEY_STORAGE_PATH at a directory of its own "
-                "(nothing was changed)"
-            )
+        self.layout.refuse_foreign_entries(
+            "a reset or an import replaces the whole directory, so it must "
+            "hold the key store alone; move them away, or point "
+            "KEY_STORAGE_PATH at a directory of its own (nothing was "
+            "changed)"
+        )
         staging = self.layout.staging_path(self.root)
         history_staging = None
         if self.layout.external_history:

@@ -88,6 +88,21 @@ class StoreLayout:
             ]
         return sorted(foreign)
 
+    def refuse_foreign_entries(self, why: str) -> None:
+        """Refuse to replace a directory that holds more than the store.
+
+        :param why: the end of the message: why it matters, what to do.
+        :raises StoreError: naming the first three entries
+            :meth:`foreign_entries` finds, when there are any.
+        """
+        foreign = self.foreign_entries()
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if foreign[3:] else "")
+            raise StoreError(
+                f"{self.root} holds files that are not the key store's "
+                f"({shown}): {why}"
+            )
+
     def has_backup(self) -> bool:
         return (self.backup_dir / "current.json").exists()
 

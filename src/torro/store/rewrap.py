@@ -616,14 +616,10 @@ class _Rewrap:
                 f"the key store does not verify, so nothing was rewrapped: "
                 f"{problems[0]}"
             )
-        foreign = self.layout.foreign_entries()
-        if foreign:
-            shown = ", ".join(foreign[:3]) + (", ..." if foreign[3:] else "")
-            raise StoreError(
-                f"{self.root} holds files that are not the key store's "
-                f"({shown}): a rewrap replaces the whole directory, so "
-                "move them away first; nothing was changed"
-            )
+        self.layout.refuse_foreign_entries(
+            "a rewrap replaces the whole directory, so move them away "
+            "first; nothing was changed"
+        )
 
     def _check_sealed_under(
         self, master: MasterKey, *, swapped: bool = True
