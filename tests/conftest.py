@@ -52,6 +52,15 @@ def here(
         logs.reset_logging()
 
 
+@pytest.fixture
+def clean_logging() -> Iterator[None]:
+    """Remove the handlers a test installed and the secrets it added."""
+    secrets = logs._secrets
+    yield
+    logs.reset_logging()
+    logs._secrets = secrets
+
+
 # -- key store fixtures --------------------------------------------------
 
 @pytest.fixture

@@ -70,6 +70,18 @@ class Outcome:
         return self.stderr.splitlines()
 
 
+def one_error(outcome: Outcome, code: int = 1) -> str:
+    """Check ``outcome`` failed with ``code`` and one error line, and no
+    traceback; return that line."""
+    assert outcome.code == code, outcome
+    assert outcome.stdout == ""
+    assert "Traceback" not in outcome.stderr
+    assert len(outcome.error_lines) == 1, outcome.stderr
+    line = outcome.error_lines[0]
+    assert line.startswith("torro: error: ")
+    return line
+
+
 class Torro:
     """Run torro as a subprocess in one working directory.
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from runner import run_here
+from runner import one_error, run_here
 
 from torro import cli
 from torro.config import load_settings
@@ -61,17 +61,6 @@ def tree_digest(root: Path) -> dict[str, tuple[int, str]]:
             else hashlib.sha256(path.read_bytes()).hexdigest()
         digest[str(path.relative_to(root))] = (mode, content)
     return digest
-
-
-def one_error(outcome: "Outcome", code: int) -> str:
-    """Check ``outcome`` failed with one error line; return that line."""
-    assert outcome.code == code, outcome
-    assert outcome.stdout == ""
-    assert "Traceback" not in outcome.stderr
-    assert len(outcome.error_lines) == 1, outcome.stderr
-    line = outcome.error_lines[0]
-    assert line.startswith("torro: error: ")
-    return line
 
 
 def rotate(torro: "Torro", times: int, **env: str | None) -> None:

@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,9 @@ if TYPE_CHECKING:
     from runner import Torro
 
 
+# each test removes the handlers it installed and the secrets it added
+pytestmark = pytest.mark.usefixtures("clean_logging")
+
 FIELDS = {"time", "level", "channel", "message", "pid"}
 LEVELS = {"DEBUG", "INFO", "WARN", "ERROR"}
 CHANNELS = {
@@ -43,15 +45,6 @@ SECRET = "s3cret-token-for-the-json-log-test"
 FULL_TOKEN = "full-token-for-the-json-log-test-0123456789"
 READ_TOKEN = "read-token-for-the-json-log-test-0123456789"
 LISTENING = "HTTP API listening on "
-
-
-@pytest.fixture(autouse=True)
-def clean_logging() -> Iterator[None]:
-    """Remove the handlers a test installed and the secrets it added."""
-    secrets = logs._secrets
-    yield
-    logs.reset_logging()
-    logs._secrets = secrets
 
 
 def json_lines(path: Path) -> list[dict[str, Any]]:

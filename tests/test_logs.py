@@ -4,7 +4,6 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,19 +12,13 @@ from torro import logs
 from torro.errors import ConfigError
 
 
+# each test removes the handlers it installed and the secrets it added
+pytestmark = pytest.mark.usefixtures("clean_logging")
+
 LINE = re.compile(
     r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z "
     r"(DEBUG|INFO|WARN|ERROR) .*"
 )
-
-
-@pytest.fixture(autouse=True)
-def clean_logging() -> Iterator[None]:
-    """Remove the handlers a test installed and the secrets it added."""
-    secrets = logs._secrets
-    yield
-    logs.reset_logging()
-    logs._secrets = secrets
 
 
 def mode_of(path: Path) -> int:

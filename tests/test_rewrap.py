@@ -36,7 +36,7 @@ from rewrap_store import (
     rotate,
     write_key_file,
 )
-from runner import COMMAND_TIMEOUT, Outcome, run_here
+from runner import COMMAND_TIMEOUT, Outcome, one_error, run_here
 
 from torro.config import load_settings
 from torro.errors import StoreError
@@ -75,17 +75,6 @@ def tree_digest(*roots: Path) -> dict[str, tuple[int, str]]:
                 else hashlib.sha256(path.read_bytes()).hexdigest()
             digest[str(path)] = (mode, content)
     return digest
-
-
-def one_error(outcome: "Outcome") -> str:
-    """Check ``outcome`` failed (exit 1) with one line; return it."""
-    assert outcome.code == 1, outcome
-    assert outcome.stdout == ""
-    assert "Traceback" not in outcome.stderr
-    assert len(outcome.error_lines) == 1, outcome.stderr
-    line = outcome.error_lines[0]
-    assert line.startswith("torro: error: ")
-    return line
 
 
 def no_secret_in(texts: list[str], store: Path, *masters: MasterKey) -> None:
