@@ -51,6 +51,7 @@ from pydantic_settings import (
 )
 
 from torro.errors import ConfigError, MasterKeyError
+from torro.logs import LOG_FORMATS
 from torro.sealing import parse_master_key, read_master_key_file
 
 
@@ -61,7 +62,6 @@ MASTER_KEY_CREDENTIAL = "master-key"
 
 ALGORITHMS = ("sha256", "sha384", "sha512")
 LOG_LEVELS = ("debug", "info", "warn", "error")
-LOG_FORMATS = ("text", "json")
 
 _TRUE_WORDS = frozenset({"true", "1", "yes"})
 _FALSE_WORDS = frozenset({"false", "0", "no"})
